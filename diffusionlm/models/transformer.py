@@ -1,0 +1,323 @@
+"""One Transformer for both objectives: LLaDA / LLaMA shape, causal or bidirectional.
+
+Pre-norm blocks x + Attn(RMSNorm(x)), x + SwiGLU(RMSNorm(x)) without biases (Touvron et al.
+2023; LLaDA, Nie et al. 2025, Table 5), rotary position embeddings (Su et al. 2021) and
+grouped-query attention (Ainslie et al. 2023). `causal=True` is the autoregressive baseline,
+`causal=False` the masked-diffusion model; nothing else differs.
+
+The embedding has `vocab_size + 1` rows: the last one, id `vocab_size` (= `config.mask_id`),
+is the mask token. The output head covers only the `vocab_size` real ids, so the model can
+never predict the mask token. Logits are float32 whatever the compute dtype.
+"""
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# "dots" keeps the outputs of the weight matmuls and recomputes attention scores, whose
+# memory grows with L^2 (MaxText's "minimal" policy).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_NEG_INF = -1e30  # Finite, so a query with no visible key gives a uniform row, not NaN.
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Static model settings; validated on construction."""
+  vocab_size: int  # Real vocabulary V; the mask token is the extra id V.
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int  # 0 = num_heads (no grouped-query attention).
+  mlp_dim: int  # SwiGLU hidden width.
+  rope_theta: float
+  norm_eps: float
+  tie_embeddings: bool
+  causal: bool  # True = AR baseline, False = bidirectional diffusion model.
+  dtype: str = "float32"  # Compute dtype.
+  param_dtype: str = "float32"
+  remat: str = "none"  # "none" | "full" | "dots", per block.
+
+  def __post_init__(self):
+    positive = ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"TransformerConfig.{name} must be a positive int, got {value!r}.")
+    if not isinstance(self.num_kv_heads, numbers.Integral) or self.num_kv_heads < 0:
+      raise ValueError(f"TransformerConfig.num_kv_heads must be an int >= 0 (0 = num_heads), "
+                       f"got {self.num_kv_heads!r}.")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"TransformerConfig.d_model={self.d_model} is not divisible by "
+                       f"num_heads={self.num_heads}.")
+    if self.head_dim % 2:
+      raise ValueError(f"Rotary embeddings need an even head dimension; d_model / num_heads = "
+                       f"{self.d_model} / {self.num_heads} = {self.head_dim}.")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"TransformerConfig.num_heads={self.num_heads} is not divisible by "
+                       f"num_kv_heads={self.num_kv_heads}.")
+    if not self.rope_theta > 0 or not self.norm_eps > 0:
+      raise ValueError(f"TransformerConfig.rope_theta={self.rope_theta} and "
+                       f"norm_eps={self.norm_eps} must be > 0.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of "
+                         f"{sorted(DTYPES)}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"TransformerConfig.remat={self.remat!r} is not one of "
+                       f"{sorted(REMAT_POLICIES)}.")
+
+  @property
+  def mask_id(self) -> int:
+    return self.vocab_size
+
+  @property
+  def kv_heads(self) -> int:
+    """Number of key/value heads, with 0 resolved to num_heads."""
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+
+_CONFIG_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
+                  "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings", "dtype",
+                  "param_dtype", "remat")
+
+
+def config_from_dict(model_cfg: Mapping[str, Any], *, vocab_size: int,
+                     causal: bool) -> TransformerConfig:
+  """Builds the config from `config.model` (configs/base.py) and the tokenizer's size.
+
+  `model_cfg.vocab_size == 0` means "take it from the tokenizer"; any other value must
+  equal `vocab_size`.
+  """
+  fields = dict(model_cfg.items())
+  unknown = sorted(set(fields) - set(_CONFIG_FIELDS))
+  missing = sorted(set(_CONFIG_FIELDS) - set(fields))
+  if unknown or missing:
+    raise ValueError(f"config.model: unknown fields {unknown}, missing fields {missing}; "
+                     f"expected exactly {list(_CONFIG_FIELDS)}.")
+  if fields["vocab_size"] not in (0, vocab_size):
+    raise ValueError(f"config.model.vocab_size={fields['vocab_size']} disagrees with the "
+                     f"tokenizer's vocab_size={vocab_size} (use 0 to take the tokenizer's).")
+  fields["vocab_size"] = vocab_size
+  return TransformerConfig(causal=causal, **fields)
+
+
+def _param(module: nn.Module, name: str, shape, axes, init):
+  """A parameter of `shape` whose dimensions carry the logical axis names `axes`."""
+  dtype = DTYPES[module.config.param_dtype]
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _fan_in(num_in_dims: int = 1):
+  """LeCun-normal init of a kernel whose first `num_in_dims` dimensions are its inputs.
+
+  Drawn as a 2-D matrix and reshaped (like nn.DenseGeneral): the same distribution, and
+  XLA compiles 2-D random draws much faster than 3-D ones on CPU.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    flat_shape = (math.prod(shape[:num_in_dims]), math.prod(shape[num_in_dims:]))
+    return nn.initializers.lecun_normal()(key, flat_shape, dtype).reshape(shape)
+  return init
+
+
+def rope_angles(positions_BxL: jax.Array, head_dim: int, theta: float):
+  """cos and sin of the rotary angles pos * theta^(-2i/H), i < H/2 (Su et al. eq. 34)."""
+  half = head_dim // 2
+  inv_freq_H2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxLxH2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_H2
+  return jnp.cos(angle_BxLxH2), jnp.sin(angle_BxLxH2)
+
+
+def apply_rope(x_BxLxNxH: jax.Array, cos_BxLxH2: jax.Array, sin_BxLxH2: jax.Array):
+  """Rotates the pairs (x_i, x_{i+H/2}) by the position angles (LLaMA's rotate-half layout)."""
+  x1, x2 = jnp.split(x_BxLxNxH.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos_BxLxH2[:, :, None, :], sin_BxLxH2[:, :, None, :]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxLxNxH.dtype)
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2) + eps) * scale (Zhang & Sennrich 2019), computed in float32."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    scale_D = _param(self, "scale", (x_BxLxD.shape[-1],), ("embed",), nn.initializers.ones)
+    x = x_BxLxD.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.config.norm_eps)
+    return (y * scale_D.astype(jnp.float32)).astype(DTYPES[self.config.dtype])
+
+
+class Attention(nn.Module):
+  """softmax(q k^T / sqrt(H) + mask) v over the cached prefix and the tokens themselves."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+    c = self.config
+    dtype = DTYPES[c.dtype]
+    D, N, K, H = c.d_model, c.num_heads, c.kv_heads, c.head_dim
+    w_q = _param(self, "query", (D, N, H), ("embed", "heads", "head_dim"), _fan_in())
+    w_k = _param(self, "key", (D, K, H), ("embed", "kv_heads", "head_dim"), _fan_in())
+    w_v = _param(self, "value", (D, K, H), ("embed", "kv_heads", "head_dim"),
+                 _fan_in())
+    w_o = _param(self, "out", (N, H, D), ("heads", "head_dim", "embed"), _fan_in(2))
+
+    q_BxLxNxH = jnp.einsum("bld,dnh->blnh", x_BxLxD, w_q.astype(dtype))
+    k_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, w_k.astype(dtype))
+    v_BxLxKxH = jnp.einsum("bld,dkh->blkh", x_BxLxD, w_v.astype(dtype))
+    q_BxLxNxH = apply_rope(q_BxLxNxH, cos_BxLxH2, sin_BxLxH2)
+    k_BxLxKxH = apply_rope(k_BxLxKxH, cos_BxLxH2, sin_BxLxH2)
+
+    k_BxTxKxH, v_BxTxKxH = k_BxLxKxH, v_BxLxKxH  # T = S cached keys + L own keys.
+    if prefix_k is not None:
+      k_BxTxKxH = jnp.concatenate([prefix_k.astype(dtype), k_BxLxKxH], axis=1)
+      v_BxTxKxH = jnp.concatenate([prefix_v.astype(dtype), v_BxLxKxH], axis=1)
+
+    B, L = x_BxLxD.shape[:2]
+    q_BxLxKxGxH = q_BxLxNxH.reshape(B, L, K, N // K, H)  # Query head n uses kv head n // G.
+    scores_BxKxGxLxT = jnp.einsum("blkgh,btkh->bkglt", q_BxLxKxGxH, k_BxTxKxH,
+                                  preferred_element_type=jnp.float32) / math.sqrt(H)
+    scores_BxKxGxLxT = jnp.where(mask_BxLxT[:, None, None], scores_BxKxGxLxT, _NEG_INF)
+    probs_BxKxGxLxT = jax.nn.softmax(scores_BxKxGxLxT, axis=-1).astype(dtype)
+    out_BxLxKxGxH = jnp.einsum("bkglt,btkh->blkgh", probs_BxKxGxLxT, v_BxTxKxH)
+    out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxKxGxH.reshape(B, L, N, H), w_o.astype(dtype))
+    return out_BxLxD, (k_BxLxKxH, v_BxLxKxH)
+
+
+class Mlp(nn.Module):
+  """SwiGLU: (silu(x W_gate) * (x W_up)) W_down (Shazeer 2020, eq. 6)."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    c = self.config
+    dtype = DTYPES[c.dtype]
+    w_gate = _param(self, "gate", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in())
+    w_up = _param(self, "up", (c.d_model, c.mlp_dim), ("embed", "mlp"), _fan_in())
+    w_down = _param(self, "down", (c.mlp_dim, c.d_model), ("mlp", "embed"), _fan_in())
+    gate_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, w_gate.astype(dtype))
+    up_BxLxF = jnp.einsum("bld,df->blf", x_BxLxD, w_up.astype(dtype))
+    return jnp.einsum("blf,fd->bld", nn.silu(gate_BxLxF) * up_BxLxF, w_down.astype(dtype))
+
+
+class Block(nn.Module):
+  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x)); also returns this block's (k, v)."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+    h_BxLxD, kv = Attention(self.config, name="attn")(
+        RMSNorm(self.config, name="attn_norm")(x_BxLxD), cos_BxLxH2, sin_BxLxH2, mask_BxLxT,
+        prefix_k, prefix_v)
+    x_BxLxD = x_BxLxD + h_BxLxD
+    x_BxLxD = x_BxLxD + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x_BxLxD))
+    return x_BxLxD, kv
+
+
+def attention_mask(valid_BxL, prefix_valid_BxS, *, causal: bool):
+  """mask_BxLxT[b, i, j]: query i may see key j of [S cached keys, L own keys].
+
+  A key is visible iff it is valid; in causal mode own key j also needs j <= i (all valid
+  cached keys stay visible).
+  """
+  B, L = valid_BxL.shape
+  S = prefix_valid_BxS.shape[1]
+  key_valid_BxT = jnp.concatenate([prefix_valid_BxS, valid_BxL], axis=1)
+  mask_BxLxT = jnp.broadcast_to(key_valid_BxT[:, None, :], (B, L, S + L))
+  if causal:
+    own_LxL = jnp.tril(jnp.ones((L, L), bool))
+    mask_BxLxT = mask_BxLxT & jnp.concatenate([jnp.ones((L, S), bool), own_LxL], axis=1)
+  return mask_BxLxT
+
+
+class Transformer(nn.Module):
+  """tokens_BxL (ids in [0, V], V = mask) -> float32 logits_BxLxV over the V real ids."""
+  config: TransformerConfig
+
+  def _check_inputs(self, tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS):
+    c = self.config
+    if tokens_BxL.ndim != 2 or not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
+      raise ValueError(f"tokens_BxL must be a 2-D integer array, got {tokens_BxL.dtype}"
+                       f"{tuple(tokens_BxL.shape)}.")
+    for name, x in (("valid_BxL", valid_BxL), ("positions_BxL", positions_BxL)):
+      if x is not None and x.shape != tokens_BxL.shape:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, tokens_BxL has "
+                         f"{tuple(tokens_BxL.shape)}.")
+    if prefix_kv is None:
+      if prefix_valid_BxS is not None:
+        raise ValueError("prefix_valid_BxS was given without prefix_kv.")
+      return
+    if len(prefix_kv) != c.num_layers:
+      raise ValueError(f"prefix_kv has {len(prefix_kv)} layers, the model {c.num_layers}.")
+    B = tokens_BxL.shape[0]
+    S = prefix_kv[0][0].shape[1]
+    want = (B, S, c.kv_heads, c.head_dim)
+    for i, (k, v) in enumerate(prefix_kv):
+      if tuple(k.shape) != want or tuple(v.shape) != want:
+        raise ValueError(f"prefix_kv[{i}] has k{tuple(k.shape)}, v{tuple(v.shape)}; expected "
+                         f"(B, S, num_kv_heads, head_dim) = {want}.")
+    if prefix_valid_BxS is not None and tuple(prefix_valid_BxS.shape) != (B, S):
+      raise ValueError(f"prefix_valid_BxS has shape {tuple(prefix_valid_BxS.shape)}, "
+                       f"expected {(B, S)}.")
+
+  @nn.compact
+  def __call__(self, tokens_BxL, *, valid_BxL=None, positions_BxL=None, prefix_kv=None,
+               prefix_valid_BxS=None, return_kv=False):
+    """Logits, and with `return_kv` the tuple over layers of this call's (k, v) (k rotated).
+
+    valid_BxL: False marks keys no query may attend to (padding).
+    positions_BxL: RoPE positions, default arange(L).
+    prefix_kv / prefix_valid_BxS: cached (k_BxSxKxH, v_BxSxKxH) per layer that every query
+      also attends to where valid (keys already rotated by their own positions).
+    """
+    c = self.config
+    self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS)
+    B, L = tokens_BxL.shape
+    if valid_BxL is None:
+      valid_BxL = jnp.ones((B, L), bool)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(L), (B, L))
+    S = 0 if prefix_kv is None else prefix_kv[0][0].shape[1]
+    if prefix_valid_BxS is None:
+      prefix_valid_BxS = jnp.ones((B, S), bool)
+
+    embedding_VxD = _param(self, "embedding", (c.vocab_size + 1, c.d_model), ("vocab", "embed"),
+                           nn.initializers.normal(stddev=c.d_model**-0.5))
+    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(DTYPES[c.dtype])
+    cos_BxLxH2, sin_BxLxH2 = rope_angles(positions_BxL, c.head_dim, c.rope_theta)
+    mask_BxLxT = attention_mask(valid_BxL.astype(bool), prefix_valid_BxS.astype(bool),
+                                causal=c.causal)
+
+    block_cls = Block if c.remat == "none" else nn.remat(Block, policy=REMAT_POLICIES[c.remat])
+    kv = []
+    for i in range(c.num_layers):
+      prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]
+      x_BxLxD, kv_i = block_cls(c, name=f"block_{i}")(x_BxLxD, cos_BxLxH2, sin_BxLxH2,
+                                                      mask_BxLxT, prefix_k, prefix_v)
+      kv.append(kv_i)
+    x_BxLxD = RMSNorm(c, name="final_norm")(x_BxLxD)
+
+    if c.tie_embeddings:
+      head_DxV = embedding_VxD[:c.vocab_size].T
+    else:
+      head_DxV = _param(self, "head", (c.d_model, c.vocab_size), ("embed", "vocab"),
+                        _fan_in())
+    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV.astype(x_BxLxD.dtype),
+                              preferred_element_type=jnp.float32)
+    if return_kv:
+      return logits_BxLxV, tuple(kv)
+    return logits_BxLxV

@@ -1,0 +1,360 @@
+"""The data-constrained scaling law of Muennighoff et al. (2023), its fit, and critical compute.
+
+The law (Muennighoff et al., 2023, Sec. 3; fitted per objective by Prabhudesai et al., 2025,
+Sec. 3.3):
+
+    L(N, D, U) = E + A / N'^alpha + B / D'^beta
+    U_D = min(U, D)                             unique tokens actually seen
+    R_D = D / U_D - 1                           repetitions beyond the first epoch
+    D'  = U_D + U_D R_D* (1 - exp(-R_D / R_D*)) effective data
+    U_N = min(N, N_opt(U_D))                    "unique" parameters
+    R_N = N / U_N - 1                           excess parameters, in units of U_N
+    N'  = U_N + U_N R_N* (1 - exp(-R_N / R_N*)) effective parameters
+
+N_opt(D) = (alpha A / (beta B))^(1/alpha) D^(beta/alpha) is the model size the single-epoch
+(Chinchilla) part of the law finds compute-optimal for D tokens: it minimises
+A / N^alpha + B / D^beta at fixed N D (the same D_to_N as Muennighoff et al.'s reference
+code). R* = inf switches a decay off: D' = D, N' = N.
+
+Fit (as Hoffmann et al., 2022, Sec. 3.3, and Muennighoff et al., 2023): positive constants
+are parametrised by their logs (E = exp(e), A = exp(a), B = exp(b), R* = exp(r)); the Huber
+loss (delta = 1e-3) of log L_fit - log L_observed, with log L_fit = logsumexp(e, a - alpha
+log N', b - beta log D'), summed over runs, is minimised by L-BFGS-B with analytic gradients.
+Each stage evaluates its whole grid of starts and runs L-BFGS-B from the `num_starts` best,
+keeping the lowest objective.
+- Stage 1: E, A, B, alpha, beta on the runs with at most one epoch (D <= 1.01 U, allowing
+  for whole-batch rounding), where D' = D and N' is taken as N, i.e. those runs are assumed
+  not to be over-parametrised for their data (N <= N_opt(D)).
+- Stage 2: those fixed, R_D* (and R_N* unless disabled) on all runs, with U_N from stage 1.
+  Without repeated runs R_D* is not identifiable and is left at inf; likewise R_N* when no
+  run has N > U_N or `fit_rn_star=False` (use that when the sweep barely varies N).
+"""
+import dataclasses
+import itertools
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import optimize
+
+_FIELDS = ("N", "D", "U", "loss")
+# Initial grids: stage 1 is Hoffmann et al.'s grid; stage 2 spans R* from 1 to 10^4.
+_STAGE1_GRID = (np.arange(-1.0, 1.01, 0.5), np.arange(0.0, 26.0, 5.0), np.arange(0.0, 26.0, 5.0),
+                np.arange(0.0, 2.01, 0.5), np.arange(0.0, 2.01, 0.5))
+_R_STAR_GRID = np.log([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 2e3, 5e3, 1e4])
+_LOG_R_STAR_BOUNDS = (math.log(1e-2), math.log(1e8))
+_SINGLE_EPOCH_TOL = 1e-2  # D <= 1.01 U counts as one epoch (whole-batch rounding of D).
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+  """Fitted constants of the law (R* = inf: no decay) and the quality of the fit.
+
+  r2: final law on all points; r2_stage1: stage-1 law on the single-epoch points;
+  r2_repeated: final law on the runs with more than one epoch (nan if there are none).
+  R^2 is on the loss itself, not its log.
+  """
+  E: float
+  A: float
+  B: float
+  alpha: float
+  beta: float
+  rd_star: float = math.inf
+  rn_star: float = math.inf
+  r2: float = math.nan
+  r2_stage1: float = math.nan
+  r2_repeated: float = math.nan
+  num_points: int = 0
+  num_points_stage1: int = 0
+
+
+def unique_params(fit: FitResult, unique_tokens):
+  """N_opt(U): the single-epoch compute-optimal model size for U tokens (U_N before the min)."""
+  log_g = (math.log(fit.alpha * fit.A) - math.log(fit.beta * fit.B)) / fit.alpha
+  return np.exp(log_g + fit.beta / fit.alpha * np.log(unique_tokens))
+
+
+def _log_saturated(repeats, log_r_star: float):
+  """log(1 + R* (1 - exp(-R / R*))) and its derivative in log R* (R / log(1 + R) at inf)."""
+  if math.isinf(log_r_star):
+    return np.log1p(repeats), np.zeros_like(repeats)
+  r_star = math.exp(log_r_star)
+  x = repeats / r_star
+  gain = -r_star * np.expm1(-x)
+  d_gain = r_star * (-np.expm1(-x) - x * np.exp(-x))  # d gain / d log R*.
+  return np.log1p(gain), d_gain / (1.0 + gain)
+
+
+def _repeats(n, d, u, fit: FitResult | None):
+  """(log U_N, R_N, log U_D, R_D) of the law; without a fit, U_N = N (stage 1)."""
+  u_d = np.minimum(u, d)
+  r_d = np.maximum(d / u_d - 1.0, 0.0)
+  u_n = n if fit is None else np.minimum(n, unique_params(fit, u_d))
+  r_n = np.maximum(n / u_n - 1.0, 0.0)
+  return np.log(u_n), r_n, np.log(u_d), r_d
+
+
+def _effective_logs(data, log_rd: float, log_rn: float):
+  """(log N', log D', d log N' / d log R_N*, d log D' / d log R_D*) from `_repeats` data."""
+  log_u_n, r_n, log_u_d, r_d = data
+  sat_n, dsat_n = _log_saturated(r_n, log_rn)
+  sat_d, dsat_d = _log_saturated(r_d, log_rd)
+  return log_u_n + sat_n, log_u_d + sat_d, dsat_n, dsat_d
+
+
+def _log_law(e, a, b, alpha, beta, log_n, log_d):
+  """log L = logsumexp(e, a - alpha log N', b - beta log D') and the three softmax weights.
+
+  Broadcasts, so a column of constants evaluates a whole grid of starts at once.
+  """
+  t1, t2 = a - alpha * log_n, b - beta * log_d
+  top = np.maximum(np.maximum(e, t1), t2)
+  w0, w1, w2 = np.exp(e - top), np.exp(t1 - top), np.exp(t2 - top)
+  total = w0 + w1 + w2
+  return top + np.log(total), (w0 / total, w1 / total, w2 / total)
+
+
+def _log_predict(theta, data):
+  """log L at theta = (e, a, b, alpha, beta, log R_D*, log R_N*) for `_repeats` data."""
+  log_n, log_d, _, _ = _effective_logs(data, theta[5], theta[6])
+  return _log_law(*theta[:5], log_n, log_d)[0]
+
+
+def _theta(fit: "FitResult"):
+  return (math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta,
+          math.log(fit.rd_star), math.log(fit.rn_star))
+
+
+def _huber(residual, delta):
+  abs_res = np.abs(residual)
+  return np.where(abs_res <= delta, 0.5 * residual**2, delta * (abs_res - 0.5 * delta))
+
+
+def _huber_objective(theta, data, log_loss, delta):
+  """sum_i Huber_delta(log L_fit_i - log L_i) / delta and its gradient in
+  theta = (e, a, b, alpha, beta, log R_D*, log R_N*)."""
+  e, a, b, alpha, beta, log_rd, log_rn = theta
+  log_n, log_d, dsat_n, dsat_d = _effective_logs(data, log_rd, log_rn)
+  log_fit, (w0, w1, w2) = _log_law(e, a, b, alpha, beta, log_n, log_d)
+  residual = log_fit - log_loss
+  slope = np.clip(residual, -delta, delta)  # d Huber / d residual.
+  s1, s2 = slope * w1, slope * w2
+  grad = np.array([slope @ w0, s1.sum(), s2.sum(), -(s1 @ log_n), -(s2 @ log_d),
+                   -beta * (s2 @ dsat_d), -alpha * (s1 @ dsat_n)])
+  return _huber(residual, delta).sum() / delta, grad / delta
+
+
+def _grid_values(thetas_Gx7, data, log_loss, delta):
+  """The objective at many thetas, vectorised over those sharing (log R_D*, log R_N*)."""
+  values_G = np.empty(len(thetas_Gx7))
+  for r_stars in np.unique(thetas_Gx7[:, 5:], axis=0):
+    rows = np.all(thetas_Gx7[:, 5:] == r_stars, axis=1)
+    log_n, log_d, _, _ = _effective_logs(data, *r_stars)
+    constants = (thetas_Gx7[rows, k, None] for k in range(5))
+    log_fit = _log_law(*constants, log_n, log_d)[0]
+    values_G[rows] = _huber(log_fit - log_loss, delta).sum(axis=1) / delta
+  return values_G
+
+
+def _multistart(theta0, free, grid, data, log_loss, *, delta, num_starts, bounds):
+  """L-BFGS-B over theta[free] from the `num_starts` best grid points; the best result."""
+  starts_GxF = np.array(list(itertools.product(*grid)))
+  thetas_Gx7 = np.tile(np.asarray(theta0, dtype=np.float64), (len(starts_GxF), 1))
+  thetas_Gx7[:, free] = starts_GxF
+  if num_starts is not None and num_starts < len(starts_GxF):
+    best_first = np.argsort(_grid_values(thetas_Gx7, data, log_loss, delta), kind="stable")
+    thetas_Gx7 = thetas_Gx7[best_first[:num_starts]]
+
+  best_value, best_theta = math.inf, None
+  for theta in thetas_Gx7:
+
+    def objective(x, theta=theta):
+      theta[free] = x
+      value, grad = _huber_objective(theta, data, log_loss, delta)
+      return value, grad[free]
+
+    res = optimize.minimize(objective, theta[free], jac=True, method="L-BFGS-B",
+                            bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10})
+    if np.isfinite(res.fun) and res.fun < best_value:
+      best_value, best_theta = res.fun, theta.copy()
+      best_theta[free] = res.x
+  return best_theta
+
+
+def _r2(predicted, observed) -> float:
+  if observed.size == 0:
+    return math.nan
+  ss_tot = np.sum((observed - observed.mean())**2)
+  return float(1.0 - np.sum((observed - predicted)**2) / ss_tot) if ss_tot > 0 else math.nan
+
+
+def _as_arrays(points: Sequence[Any]) -> dict[str, np.ndarray]:
+  """Reads N, D, U, loss from mappings or attribute records, checking each value."""
+  columns = {k: [] for k in _FIELDS}
+  for i, point in enumerate(points):
+    for key in _FIELDS:
+      if isinstance(point, Mapping):
+        if key not in point:
+          raise ValueError(f"point {i} has no field {key!r} (needs {_FIELDS})")
+        value = point[key]
+      elif hasattr(point, key):
+        value = getattr(point, key)
+      else:
+        raise ValueError(f"point {i} has no field {key!r} (needs {_FIELDS})")
+      value = float(value)
+      if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"point {i}: {key} must be a positive finite number, got {value}")
+      columns[key].append(value)
+  return {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+
+
+def fit_data_constrained(points: Sequence[Any], *, fit_rn_star: bool = True,
+                         huber_delta: float = 1e-3, num_starts: int | None = 16) -> FitResult:
+  """Fits the law in two stages (see the module docstring) to one objective's runs.
+
+  points: records (mappings or objects) with N (parameters), D (total training tokens),
+  U (unique tokens) and loss (validation loss; any fixed unit). num_starts: L-BFGS runs per
+  stage, started from the grid points with the lowest objective (None: every grid point).
+  """
+  cols = _as_arrays(points)
+  n, d, u, loss = cols["N"], cols["D"], cols["U"], cols["loss"]
+  log_loss = np.log(loss)
+  single = d <= u * (1.0 + _SINGLE_EPOCH_TOL)
+  if single.sum() < 5:
+    raise ValueError(f"points: stage 1 needs at least 5 runs with at most one epoch (D <= U) "
+                     f"to fit E, A, B, alpha, beta; got {int(single.sum())}")
+  if len(np.unique(n[single])) < 2 or len(np.unique(d[single])) < 2:
+    raise ValueError("points: the single-epoch runs (D <= U) must span at least two model "
+                     "sizes N and two token counts D to identify alpha and beta")
+
+  # Stage 1: the Chinchilla part on single-epoch runs (N' = N, D' = D).
+  stage1_data = _repeats(n[single], d[single], u[single], None)
+  theta = _multistart([0.0] * 5 + [math.inf] * 2, np.arange(5), _STAGE1_GRID, stage1_data,
+                      log_loss[single], delta=huber_delta, num_starts=num_starts,
+                      bounds=None)
+  stage1 = FitResult(*(float(v) for v in np.exp(theta[:3])), *(float(v) for v in theta[3:5]))
+  r2_stage1 = _r2(np.exp(_log_predict(theta, stage1_data)), loss[single])
+
+  # Stage 2: the decay constants on all runs, with U_N from the stage-1 law.
+  data = _repeats(n, d, u, stage1)
+  free = [5] if np.any(data[3] > 0) else []
+  if fit_rn_star and np.any(data[1] > 0) and free:
+    free.append(6)
+  if free:
+    theta = _multistart(theta, np.array(free), [_R_STAR_GRID] * len(free), data, log_loss,
+                        delta=huber_delta, num_starts=num_starts,
+                        bounds=[_LOG_R_STAR_BOUNDS] * len(free))
+  predicted = np.exp(_log_predict(theta, data))
+  repeated = ~single
+  return dataclasses.replace(
+      stage1, rd_star=float(np.exp(theta[5])), rn_star=float(np.exp(theta[6])),
+      r2=_r2(predicted, loss), r2_stage1=r2_stage1,
+      r2_repeated=_r2(predicted[repeated], loss[repeated]), num_points=int(loss.size),
+      num_points_stage1=int(single.sum()))
+
+
+def predict(fit: FitResult, n, d, u):
+  """L(N, D, U) of the fitted law; broadcasts over numpy arrays."""
+  n, d, u = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (n, d, u)))
+  return np.exp(_log_predict(_theta(fit), _repeats(n, d, u, fit)))
+
+
+def effective_params_and_data(fit: FitResult, n, d, u):
+  """(N', D') of the law: parameters and tokens discounted for excess and repetition."""
+  n, d, u = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (n, d, u)))
+  theta = _theta(fit)
+  log_n, log_d, _, _ = _effective_logs(_repeats(n, d, u, fit), theta[5], theta[6])
+  return np.exp(log_n), np.exp(log_d)
+
+
+def _six_n(n):
+  return 6.0 * n
+
+
+def optimal_loss(fit: FitResult, compute: float, unique_tokens: float, *,
+                 flops_per_token_fn: Callable = _six_n) -> tuple[float, float, float]:
+  """(loss, N, D): the best loss the law reaches with C = flops_per_token_fn(N) D.
+
+  Minimises L(N, C / f(N), U) over log N: a 512-point grid on [1, C], then bounded Brent
+  between the grid neighbours of the best point. D < U means less than one epoch.
+  `flops_per_token_fn` must accept numpy arrays and use the fit's convention for N.
+  """
+  if not (compute > 0 and unique_tokens > 0):
+    raise ValueError(f"compute and unique_tokens must be positive, got {compute}, "
+                     f"{unique_tokens}")
+
+  def loss_at(log_n):
+    n = np.exp(log_n)
+    return predict(fit, n, compute / flops_per_token_fn(n), unique_tokens)
+
+  log_n_grid = np.linspace(0.0, math.log(compute), 512)
+  losses = np.where(compute / flops_per_token_fn(np.exp(log_n_grid)) >= 1.0,
+                    loss_at(log_n_grid), np.inf)
+  i = int(np.argmin(losses))
+  lo, hi = log_n_grid[max(i - 1, 0)], log_n_grid[min(i + 1, log_n_grid.size - 1)]
+  res = optimize.minimize_scalar(lambda x: float(loss_at(x)), bounds=(lo, hi),
+                                 method="bounded", options={"xatol": 1e-10})
+  log_n = res.x if res.fun <= losses[i] else log_n_grid[i]
+  n = math.exp(log_n)
+  return float(loss_at(log_n)), n, compute / float(flops_per_token_fn(n))
+
+
+def critical_compute(fit_ar: FitResult, fit_mdm: FitResult, unique_tokens: float, *,
+                     flops_per_token_fn: Callable = _six_n,
+                     compute_range: tuple[float, float] | None = None,
+                     points_per_decade: int = 10) -> float:
+  """C_crit(U): the smallest compute above which diffusion's optimal loss beats AR's.
+
+  Both fits are evaluated at their compute-optimal (N, D) for each C (`optimal_loss`), as in
+  Prabhudesai et al. (2025, Sec. 3.3). The gap L_mdm*(C) - L_ar*(C) is scanned on a
+  log-spaced grid over `compute_range` (default 1e-3 U^2 to 1e9 U^2); the last sign change
+  from AR-better to diffusion-better is then solved with Brent's method. Raises ValueError
+  when diffusion never wins inside the range, or already wins at its lower end.
+  """
+  if compute_range is None:
+    compute_range = (1e-3 * unique_tokens**2, 1e9 * unique_tokens**2)
+  lo, hi = (math.log(c) for c in compute_range)
+  if not hi > lo:
+    raise ValueError(f"compute_range must be increasing, got {compute_range}")
+
+  def gap(log_c):
+    c = math.exp(log_c)
+    kw = dict(flops_per_token_fn=flops_per_token_fn)
+    return (optimal_loss(fit_mdm, c, unique_tokens, **kw)[0]
+            - optimal_loss(fit_ar, c, unique_tokens, **kw)[0])
+
+  grid = np.linspace(lo, hi, max(2, int(points_per_decade * (hi - lo) / math.log(10)) + 1))
+  gaps = np.array([gap(x) for x in grid])
+  if gaps[-1] >= 0:
+    raise ValueError(f"diffusion never beats AR up to compute {compute_range[1]:.3g} "
+                     f"for U={unique_tokens:.3g}; raise compute_range")
+  ar_better = np.nonzero(gaps >= 0)[0]
+  if ar_better.size == 0:
+    raise ValueError(f"diffusion already beats AR at compute {compute_range[0]:.3g} "
+                     f"for U={unique_tokens:.3g}; lower compute_range")
+  i = int(ar_better[-1])
+  return math.exp(optimize.brentq(gap, grid[i], grid[i + 1], xtol=1e-12, rtol=1e-12))
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+  """y = coefficient * x^exponent; r2 of the straight-line fit in log-log space."""
+  coefficient: float
+  exponent: float
+  r2: float
+
+  def __call__(self, x):
+    return self.coefficient * np.asarray(x, dtype=np.float64)**self.exponent
+
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLaw:
+  """Least-squares line through (log x, log y), e.g. C_crit(U) = k U^gamma (the paper's form)."""
+  x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+  if x.shape != y.shape or x.ndim != 1 or x.size < 2:
+    raise ValueError(f"x and y must be 1-D of the same length >= 2, got shapes {x.shape}, "
+                     f"{y.shape}")
+  if np.any(x <= 0) or np.any(y <= 0):
+    raise ValueError("x and y must be positive to fit a power law")
+  exponent, log_k = np.polyfit(np.log(x), np.log(y), 1)
+  return PowerLaw(float(math.exp(log_k)), float(exponent),
+                  _r2(log_k + exponent * np.log(x), np.log(y)))
