@@ -5,3 +5,5 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# scipy's L-BFGS-B is 10-25x slower with multi-threaded OpenBLAS on small problems.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -1,6 +1,7 @@
 """The data-constrained law, its two-stage fit, critical compute and the sweep plots."""
 import math
 import os
+import types
 
 # scipy's L-BFGS-B calls OpenBLAS on tiny matrices; with threads on a loaded 2-core machine
 # each call waits on the others (~25x slower). Effective only if scipy is not loaded yet.
@@ -25,14 +26,16 @@ EPOCHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 def _synthetic_points(law, seed, *, repeats=True, noise=0.005):
   """Runs drawn from `law` with multiplicative Gaussian noise on the loss.
 
-  Single-epoch runs: a 9 x 13 grid of N in [1e7, 1e9] and D = U in [1e8, 1e11], keeping the
+  Single-epoch runs: a 13 x 19 grid of N in [1e7, 1e9] and D = U in [1e8, 1e11], keeping the
   runs with N <= N_opt(D) (stage 1 assumes single-epoch runs have no excess parameters).
-  Repeated runs: N in {1e7, 1e8, 1e9} x U in {1e8, 1e9, 1e10} x EPOCHS.
+  Repeated runs: N in {1e7, 1e8, 1e9} x U in {1e8, 1e9} x EPOCHS. With this design and
+  0.5% noise, seeds 0-39 all meet the tolerances asserted below but one diffusion seed (R_D*
+  off by 32%; median error 10%): R_D* = 500 is only weakly pinned by runs of <= 1000 epochs.
   """
-  runs = [(n, d, d) for n in np.logspace(7, 9, 9) for d in np.logspace(8, 11, 13)
+  runs = [(n, d, d) for n in np.logspace(7, 9, 13) for d in np.logspace(8, 11, 19)
           if n <= fit_lib.unique_params(law, d)]
   if repeats:
-    runs += [(n, u * e, u) for n in (1e7, 1e8, 1e9) for u in (1e8, 1e9, 1e10) for e in EPOCHS]
+    runs += [(n, u * e, u) for n in (1e7, 1e8, 1e9) for u in (1e8, 1e9) for e in EPOCHS]
   n, d, u = (np.array(x) for x in zip(*runs))
   rng = np.random.default_rng(seed)
   loss = fit_lib.predict(law, n, d, u) * (1.0 + noise * rng.standard_normal(n.size))
@@ -41,7 +44,7 @@ def _synthetic_points(law, seed, *, repeats=True, noise=0.005):
 
 @pytest.fixture(scope="module")
 def fitted():
-  return {name: (law, fit_lib.fit_data_constrained(_synthetic_points(law, seed)))
+  return {name: (law, fit_lib.fit_data_constrained(_synthetic_points(law, seed), num_starts=8))
           for seed, (name, law) in enumerate((("ar", AR), ("mdm", MDM)))}
 
 
@@ -50,8 +53,10 @@ def test_predict_is_the_closed_form():
   n_eff, d_eff = fit_lib.effective_params_and_data(AR, n, d, u)
   expected = AR.E + AR.A / n_eff**AR.alpha + AR.B / d_eff**AR.beta
   np.testing.assert_allclose(fit_lib.predict(AR, n, d, u), expected, rtol=1e-12)
-  # N below N_opt(U) = 6.9e6 is all "unique"; 1e9 params for 1e8 unique tokens are not.
-  assert fit_lib.unique_params(AR, 1e8) == pytest.approx(6.9e6, rel=0.01)
+  # N_opt(U) = (alpha A / (beta B))^(1/alpha) U^(beta/alpha) = 6.9e6 for U = 1e8: N = 1e6 is
+  # all "unique", while 1e9 parameters for 1e8 unique tokens are mostly excess.
+  n_opt = (0.34 * 400.0 / (0.28 * 400.0))**(1 / 0.34) * 1e8**(0.28 / 0.34)
+  assert fit_lib.unique_params(AR, 1e8) == pytest.approx(n_opt, rel=1e-12)
   assert n_eff[0] == pytest.approx(1e6, rel=1e-12) and n_eff[1] < 1e9
   # U > D: only D unique tokens were seen, so there is no repetition.
   assert d_eff[2] == pytest.approx(1e8, rel=1e-12)
@@ -89,14 +94,21 @@ def test_fit_recovers_known_constants(fitted, name):
   assert got.rd_star == pytest.approx(law.rd_star, rel=0.25)
   assert got.rn_star == pytest.approx(law.rn_star, rel=0.5)
   assert got.r2 > 0.99 and got.r2_stage1 > 0.99 and got.r2_repeated > 0.99
-  assert got.num_points == 61 + 90 and got.num_points_stage1 == 61
+  assert got.num_points == 130 + 60 and got.num_points_stage1 == 130
 
 
 def test_fit_without_repeats_leaves_decays_off():
-  points = _synthetic_points(AR, seed=3, repeats=False)
+  # Records may be objects with attributes as well as mappings.
+  points = [types.SimpleNamespace(**p) for p in _synthetic_points(AR, seed=3, repeats=False)]
   got = fit_lib.fit_data_constrained(points, num_starts=8)
   assert got.rd_star == math.inf and got.rn_star == math.inf
   assert math.isnan(got.r2_repeated) and got.r2 == got.r2_stage1 > 0.99
+
+
+def test_fit_rn_star_can_be_disabled():
+  got = fit_lib.fit_data_constrained(_synthetic_points(AR, seed=4), fit_rn_star=False,
+                                     num_starts=4)
+  assert got.rn_star == math.inf and math.isfinite(got.rd_star)
 
 
 def test_fit_rejects_bad_points():

@@ -56,27 +56,21 @@ def _draws(fn, n, seed=0):
   return jax.jit(lambda keys: jax.lax.map(fn, keys))(_keys(n, seed))
 
 
-@pytest.mark.parametrize("schedule, eps, power, antithetic", [
-    ("linear", 1e-3, 1.0, True), ("polynomial", 0.2, 2.0, False)])
-def test_mdm_loss_is_unbiased_for_the_exact_nll(context_free, schedule, eps, power, antithetic):
-  """E[mdm_loss] * #tokens = exact NLL when predictions ignore the context, for any eps.
+def test_mdm_loss_and_mdm_nll_are_unbiased_for_the_exact_nll(context_free):
+  """E[mdm_loss] * #tokens = E[sum mdm_nll] = exact NLL when predictions ignore the context.
 
-  (A weight p'/p without the 1/(1 - eps) normalisation would give 0.8 NLL at eps = 0.2;
-  test_schedules.py checks the identity behind this for every schedule by quadrature.)
+  True for any eps: a weight p'/p without the 1/(1 - eps) normalisation would give 0.8 NLL
+  at eps = 0.2 (test_schedules.py checks the identity behind this for every schedule).
   """
   logits_LxV, tokens_BxL, valid_BxL, nll_B = context_free
   loss_fn = functools.partial(losses.mdm_loss, logits_LxV, context_free_apply, tokens_BxL,
-                              mask_id=CF_V, schedule=schedule, eps=eps, power=power,
-                              antithetic=antithetic, valid_BxL=valid_BxL)
-  loss_K = _draws(lambda key: loss_fn(key)[0], 512)
-  _assert_unbiased(loss_K * CF_LENGTHS.sum(), nll_B.sum())
-
-
-def test_mdm_nll_is_unbiased_for_the_exact_nll(context_free):
-  logits_LxV, tokens_BxL, valid_BxL, nll_B = context_free
+                              mask_id=CF_V, schedule="polynomial", eps=0.2, power=2.0,
+                              antithetic=False, valid_BxL=valid_BxL)
   nll_fn = functools.partial(losses.mdm_nll, logits_LxV, context_free_apply, tokens_BxL,
                              mask_id=CF_V, num_mc=4, valid_BxL=valid_BxL)
-  _assert_unbiased(_draws(nll_fn, 256), nll_B)
+  loss_K, nll_KxB = _draws(lambda key: (loss_fn(key)[0], nll_fn(key)), 512)
+  _assert_unbiased(loss_K * CF_LENGTHS.sum(), nll_B.sum())
+  _assert_unbiased(nll_KxB, nll_B)
 
 
 def test_sft_loss_is_the_mean_per_response_token_nll(context_free):
@@ -173,12 +167,15 @@ def test_continuous_time_elbo_equals_the_discrete_elbo(enumerated):
 
 
 def test_mdm_nll_estimates_the_enumerated_elbo(net_params, enumerated):
+  """Rows carry an invalid 4th slot: L is the valid length, and padding is never seen."""
   copies = 128
-  tokens = jnp.asarray(np.tile(SEQS_NxL, (copies, 1)))
+  tokens = np.tile(np.pad(SEQS_NxL, ((0, 0), (0, 1))), (copies, 1))
+  tokens[:, -1] = np.arange(len(tokens)) % V  # Any id: it is invalid.
+  valid = jnp.broadcast_to(jnp.arange(L + 1) < L, tokens.shape)
   nll_fn = functools.partial(losses.mdm_nll, net_params, net_apply, mask_id=MODEL.mask_id,
-                             num_mc=3)
-  nll_CxN = jax.jit(nll_fn)(tokens, jax.random.key(3)).reshape(copies, len(SEQS_NxL))
-  _assert_unbiased(nll_CxN, enumerated["elbo"])
+                             num_mc=3, valid_BxL=valid)
+  nll_CxN = jax.jit(nll_fn)(jnp.asarray(tokens), jax.random.key(3))
+  _assert_unbiased(nll_CxN.reshape(copies, len(SEQS_NxL)), enumerated["elbo"])
 
 
 def test_mdm_loss_estimates_the_enumerated_objective(net_params, enumerated):
@@ -233,60 +230,72 @@ def _sft_batch(pad_B):
   return jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(pad_B + PROMPT_B)
 
 
-@pytest.fixture(scope="module")
-def sft_value_and_grad():
-  """(loss, d loss / d logits) with the real network: logits = net + offset_BxLxV."""
-  def loss(params, tokens, valid, prompt_len, key):
-    apply_fn = lambda p, t, **kw: net_apply(p["net"], t, **kw) + p["offset"]
-    return losses.sft_loss(params, apply_fn, tokens, prompt_len, key, mask_id=MODEL.mask_id,
-                           valid_BxL=valid)[0]
-  return jax.jit(jax.value_and_grad(loss))
+@jax.jit
+def _sft_loss_and_input(params, offset_BxLxV, tokens, valid, prompt_len, key):
+  """sft_loss with the real network plus logit offsets, and the noisy input it was given."""
+  seen = {}
+
+  def apply_fn(p, noisy_BxL, **kw):
+    seen["noisy"] = noisy_BxL
+    return net_apply(p, noisy_BxL, **kw) + offset_BxLxV
+
+  loss, _ = losses.sft_loss(params, apply_fn, tokens, prompt_len, key, mask_id=MODEL.mask_id,
+                            valid_BxL=valid)
+  return loss, seen["noisy"]
 
 
-def test_sft_never_scores_the_prompt_and_ignores_prompt_padding(net_params, sft_value_and_grad):
+def test_sft_never_scores_the_prompt_and_ignores_prompt_padding(net_params):
   unpadded = _sft_batch(np.zeros_like(PAD_B))
   padded = _sft_batch(PAD_B)
-  params = {"net": net_params, "offset": jnp.zeros((len(PAD_B), SFT_L, V))}
   response = np.asarray(unpadded[1]) & (np.arange(SFT_L) >= PROMPT_B[:, None])
-  ever_scored = np.zeros_like(response)
+  # Whatever the logits outside the response, the loss must not change.
+  offset = np.where(response[..., None], 0.0, 10 * np.random.default_rng(3).normal(
+      size=(len(PAD_B), SFT_L, V))).astype(np.float32)
+  no_offset = np.zeros_like(offset)
+  ever_masked = np.zeros_like(response)
   for key in _keys(4):
-    loss, grads = sft_value_and_grad(params, *unpadded, key)
-    padded_loss, padded_grads = sft_value_and_grad(params, *padded, key)
+    loss, noisy = _sft_loss_and_input(net_params, no_offset, *unpadded, key)
+    offset_loss, _ = _sft_loss_and_input(net_params, offset, *unpadded, key)
+    padded_loss, padded_noisy = _sft_loss_and_input(net_params, no_offset, *padded, key)
+    np.testing.assert_allclose(offset_loss, loss, rtol=1e-6)
     np.testing.assert_allclose(padded_loss, loss, rtol=1e-5)
-    scored = np.abs(np.asarray(grads["offset"])).sum(-1) > 0  # The masked positions.
-    padded_scored = np.abs(np.asarray(padded_grads["offset"])).sum(-1) > 0
-    assert not np.any(scored & ~response)  # Never the prompt, never padding.
+    masked = np.asarray(noisy) == MODEL.mask_id
+    padded_masked = np.asarray(padded_noisy) == MODEL.mask_id
+    assert not np.any(masked & ~response)  # Never the prompt, never padding.
     for b in range(len(PAD_B)):  # The same response tokens are masked after padding.
-      np.testing.assert_array_equal(np.roll(padded_scored[b], -PAD_B[b]), scored[b])
-    ever_scored |= scored
-  assert ever_scored.any(axis=1).all()
+      np.testing.assert_array_equal(np.roll(padded_masked[b], -PAD_B[b]), masked[b])
+    ever_masked |= masked
+  assert ever_masked.any(axis=1).all()
 
 
 # ---- Sharding: one device = the batch split over an 8-device mesh -------------------------
-def test_losses_and_gradients_are_identical_when_the_batch_is_sharded(net_params):
+def test_losses_and_gradients_are_identical_when_the_batch_is_sharded(net_params, context_free):
+  """mdm_loss with the network; the other objectives with a context-free model (cheaper)."""
   tokens, valid, prompt_len = _sft_batch(PAD_B)
   tokens, valid, prompt_len = (jnp.tile(x, (2,) + (1,) * (x.ndim - 1))
                                for x in (tokens, valid, prompt_len))  # 8 rows.
+  cf_logits_LxV = jnp.tile(context_free[0][:, :V], (2, 1))[:SFT_L]
 
   def all_objectives(params, tokens, valid, prompt_len, key):
-    mdm = lambda p: losses.mdm_loss(p, net_apply, tokens, key, mask_id=MODEL.mask_id,
-                                    random_length_prob=0.5, valid_BxL=valid)
-    sft = lambda p: losses.sft_loss(p, net_apply, tokens, prompt_len, key,
-                                    mask_id=MODEL.mask_id, valid_BxL=valid)
-    ar = lambda p: losses.ar_loss(p, causal_apply, tokens, valid_BxL=valid)
-    out = {name: jax.value_and_grad(fn, has_aux=True)(params)
-           for name, fn in (("mdm", mdm), ("sft", sft), ("ar", ar))}
-    out["mdm_nll"] = losses.mdm_nll(params, net_apply, tokens, key, mask_id=MODEL.mask_id,
-                                    num_mc=2, valid_BxL=valid)
-    return out
+    mdm = functools.partial(losses.mdm_loss, tokens_BxL=tokens, key=key, mask_id=MODEL.mask_id,
+                            random_length_prob=0.5, valid_BxL=valid)
+    sft = functools.partial(losses.sft_loss, tokens_BxL=tokens, prompt_len_B=prompt_len,
+                            key=key, mask_id=MODEL.mask_id, valid_BxL=valid)
+    ar = functools.partial(losses.ar_loss, tokens_BxL=tokens, valid_BxL=valid)
+    nll = lambda p, apply_fn: (losses.mdm_nll(p, apply_fn, tokens, key, mask_id=MODEL.mask_id,
+                                              num_mc=2, valid_BxL=valid).mean(), {})
+    runs = {"mdm": (mdm, "net", net_apply), "sft": (sft, "cf", context_free_apply),
+            "ar": (ar, "cf", context_free_apply), "mdm_nll": (nll, "cf", context_free_apply)}
+    return {name: jax.value_and_grad(functools.partial(fn, apply_fn=apply_fn), has_aux=True)(
+        params[which]) for name, (fn, which, apply_fn) in runs.items()}
 
-  args = (net_params, tokens, valid, prompt_len, jax.random.key(5))
+  args = ({"net": net_params, "cf": cf_logits_LxV}, tokens, valid, prompt_len,
+          jax.random.key(5))
   single = jax.jit(all_objectives)(*args)
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
   rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  sharded_fn = jax.jit(all_objectives,
-                       in_shardings=(replicated, rows, rows, rows, replicated))
-  sharded = sharded_fn(*jax.device_put(args, (replicated, rows, rows, rows, replicated)))
+  shardings = (replicated, rows, rows, rows, replicated)
+  sharded = jax.jit(all_objectives, in_shardings=shardings)(*jax.device_put(args, shardings))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                sharded, single)
 
@@ -296,8 +305,8 @@ def test_forward_mask_masks_at_rate_p_and_only_maskable_tokens():
   p_B = jnp.array([0.0, 0.1, 0.5, 1.0])
   tokens = jnp.broadcast_to(jnp.arange(4000) % 7, (4, 4000))
   maskable = jnp.broadcast_to(jnp.arange(4000) % 2 == 0, (4, 4000))
-  noisy, masked = losses.forward_mask(jax.random.key(0), tokens, p_B, mask_id=7,
-                                      maskable_BxL=maskable)
+  noisy, masked = jax.jit(functools.partial(losses.forward_mask, mask_id=7))(
+      jax.random.key(0), tokens, p_B, maskable_BxL=maskable)
   np.testing.assert_array_equal(noisy, jnp.where(masked, 7, tokens))
   assert not np.any(masked & ~maskable)
   rate = masked.sum(1) / maskable.sum(1)
@@ -312,30 +321,31 @@ def test_antithetic_times_are_stratified_and_uniform():
 
 
 def test_random_length_cut_shortens_rows_for_attention_and_loss(context_free):
-  """Spy on what the network sees (eager): a cut row is a valid prefix of U{1..L} tokens."""
-  logits_LxV = context_free[0]
-  seen = []
+  """What the network sees: w.p. 0.3 a row is cut to a valid prefix of U{1..L} tokens."""
+  prob = 0.3
 
-  def spy_apply(params, tokens_BxL, *, valid_BxL):
-    seen.append((np.asarray(tokens_BxL), np.asarray(valid_BxL)))
-    return context_free_apply(params, tokens_BxL)
+  @jax.jit
+  def metrics_and_inputs(key):
+    seen = {}
 
-  B = 2048
-  tokens = jnp.zeros((B, CF_L), jnp.int32)
-  for prob in (1.0, 0.3):
-    _, metrics = losses.mdm_loss(logits_LxV, spy_apply, tokens, jax.random.key(1),
-                                 mask_id=CF_V, random_length_prob=prob)
-    noisy, valid = seen[-1]
-    length_B = valid.sum(1)
-    np.testing.assert_array_equal(valid, np.arange(CF_L) < length_B[:, None])  # Prefixes.
-    assert not np.any((noisy == CF_V) & ~valid)  # Only kept tokens are masked and scored.
-    np.testing.assert_allclose(metrics["mask_rate"], (noisy == CF_V).sum() / valid.sum(),
-                               rtol=1e-6)
-    cut_share = prob * (CF_L - 1) / CF_L  # A cut to length L keeps the row whole.
-    _assert_unbiased(length_B < CF_L, cut_share)
-    if prob == 1.0:
-      assert set(length_B) == set(range(1, CF_L + 1))
-      _assert_unbiased(length_B, (CF_L + 1) / 2)
+    def spy_apply(params, noisy_BxL, *, valid_BxL):
+      seen.update(noisy=noisy_BxL, valid=valid_BxL)
+      return context_free_apply(params, noisy_BxL)
+
+    _, metrics = losses.mdm_loss(context_free[0], spy_apply, jnp.zeros((4096, CF_L), jnp.int32),
+                                 key, mask_id=CF_V, random_length_prob=prob)
+    return metrics, seen["noisy"], seen["valid"]
+
+  metrics, noisy, valid = jax.tree.map(np.asarray, metrics_and_inputs(jax.random.key(1)))
+  length_B = valid.sum(1)
+  np.testing.assert_array_equal(valid, np.arange(CF_L) < length_B[:, None])  # Prefixes.
+  assert not np.any((noisy == CF_V) & ~valid)  # Only kept tokens are masked and scored.
+  np.testing.assert_allclose(metrics["mask_rate"], (noisy == CF_V).sum() / valid.sum(),
+                             rtol=1e-6)
+  shortened = length_B < CF_L  # A cut to length L keeps the row whole.
+  _assert_unbiased(shortened, prob * (CF_L - 1) / CF_L)
+  assert set(length_B) == set(range(1, CF_L + 1))
+  _assert_unbiased(length_B[shortened], CF_L / 2)  # Uniform on {1..L-1} given shortened.
 
 
 # ---- Bad arguments -----------------------------------------------------------------------

@@ -142,7 +142,8 @@ def test_invalid_settings_raise_before_compiling(overrides, name):
                                             (dict(temperature=-0.1), "temperature")])
 def test_invalid_ar_settings_raise(overrides, name):
   with pytest.raises(ValueError, match=name):
-    sampling.generate_ar({}, None, _prompt(), jax.random.key(0), **(dict(gen_length=G) | overrides))
+    sampling.generate_ar({}, None, _prompt(), jax.random.key(0),
+                         **(dict(gen_length=G) | overrides))
 
 
 # ---- The algorithm, step by step ----------------------------------------------------------
@@ -292,8 +293,8 @@ def test_suppressed_eos_never_generated():
   generated = np.asarray(tokens[:, P:])
   wants_eos_G = TARGET[P:] == eos
   assert wants_eos_G.any() and not (generated == eos).any()
-  np.testing.assert_array_equal(generated[:, ~wants_eos_G],
-                                np.broadcast_to(TARGET[P:][~wants_eos_G], (B, (~wants_eos_G).sum())))
+  np.testing.assert_array_equal(generated[:, ~wants_eos_G],  # Elsewhere the target.
+                                np.tile(TARGET[P:][~wants_eos_G], (B, 1)))
 
 
 def test_classifier_free_guidance_extrapolates_from_unconditional():

@@ -7,7 +7,7 @@ token; `metrics` always holds `loss` and `bits_per_token` (= loss / ln 2).
 
 The MDM loss is the Monte-Carlo estimate of the continuous-time negative ELBO
 
-    L(x) = E_{t ~ U(0,1)} E_{x_t} [ w(t) sum_{i: x_t^i = mask} -log p_theta(x^i | x_t) ]
+    NELBO(x) = E_{t ~ U(0,1)} E_{x_t} [ w(t) sum_{i: x_t^i = mask} -log p_theta(x^i | x_t) ]
 
 (LLaDA, Nie et al. 2025, eq. 3; MDLM eq. 10; MD4 eq. 5) with p(t) and w(t) from
 schedules.py, where w = 1/p(t) for the linear schedule.
@@ -109,7 +109,9 @@ def mdm_loss(params, apply_fn, tokens_BxL, key, *, mask_id, schedule="linear", e
              power=1.0, antithetic=True, random_length_prob=0.0, valid_BxL=None):
   """Masked-diffusion loss: sum over masked valid tokens of w(t_b) * CE / #valid tokens.
 
-  Unbiased for the negative ELBO per token (module docstring; schedules.py eq. (*)).
+  An unbiased estimate of E_{s~U(eps,1)}[(1/s) E[sum_{masked} CE]] per token, which is the
+  negative ELBO as eps -> 0 and the exact NLL for context-free predictions at any eps
+  (schedules.py, eq. (*)).
   t_B is drawn over the whole (global) batch; with `random_length_prob` a share of rows
   is cut to a random length, the cut tail being invalid for both attention and loss.
   Returns (loss, {"loss", "bits_per_token", "mask_rate"}).

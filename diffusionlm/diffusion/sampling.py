@@ -1,15 +1,15 @@
 """Sampling: LLaDA's semi-autoregressive masked-diffusion sampler and a KV-cached AR sampler.
 
-`generate` is LLaDA's reverse process (Nie et al. 2025, Algorithms 4-5 and App. B.3): the
+`generate` is LLaDA's reverse process (Nie et al. 2025, semi-autoregressive remasking): the
 prompt followed by `gen_length` mask tokens is denoised block by block, left to right; in each
 step the model predicts every masked token and the most confident predictions of the current
 block are committed, the rest stay masked ("low-confidence remasking"). Two faster modes from
 Fast-dLLM (Wu et al. 2025) are selectable:
   decoding="threshold": commit every masked token of the block whose confidence exceeds a
-    threshold (at least one per step), so easy blocks take fewer forward passes (Sec. 3.3).
-  cache="block": the block-wise approximate KV cache (Sec. 3.2, prefix+suffix "DualCache"):
-    one full forward per block refreshes the keys/values of all positions; the block's later
-    steps only run the block's own tokens against that cache.
+    threshold (at least one per step), so easy blocks take fewer forward passes.
+  cache="block": the block-wise approximate KV cache (Fast-dLLM's "DualCache": prefix and
+    suffix cached): one full forward per block refreshes the keys/values of all positions;
+    the block's later steps run only the block's own tokens against that cache.
 
 `generate_ar` is the causal baseline's sampler: prefill the prompt, then one token per step
 against a fixed-size KV cache.
@@ -31,7 +31,7 @@ CACHE = ("none", "block")
 def num_transfer_tokens(num_masked_B: jax.Array, steps: int) -> jax.Array:
   """Tokens to commit per step, k_BxS: the masked count split evenly over `steps`.
 
-  LLaDA's linear schedule (App. B.3, `get_num_transfer_tokens`): every step commits
+  LLaDA's linear schedule (`get_num_transfer_tokens` in its code): every step commits
   floor(m / steps) tokens and the first (m mod steps) steps one more, so sum_s k[b, s] = m_b.
   """
   num_masked_B = jnp.asarray(num_masked_B, jnp.int32)
@@ -42,7 +42,7 @@ def num_transfer_tokens(num_masked_B: jax.Array, steps: int) -> jax.Array:
 def gumbel_noise(key: jax.Array, shape) -> jax.Array:
   """Standard Gumbel noise in float64 if `jax_enable_x64`, else float32 from 64 random bits.
 
-  LLaDA (App. B.3) notes that low-precision Gumbel noise truncates its tail and so lowers the
+  LLaDA notes that low-precision Gumbel noise truncates its tail and so lowers the
   effective temperature. float32 noise drawn from 32 bits cannot exceed ~16; JAX's "highest"
   mode draws each value from 64 bits, reaching ~44 (tail probabilities down to 2^-64). The
   remaining float32 caveat is the rounding of logits/T + noise (relative 6e-8), which only
@@ -79,15 +79,25 @@ def token_confidence(key: jax.Array, logits_BxNxV: jax.Array, tokens_BxN: jax.Ar
   return top2_BxNx2[..., 0] - top2_BxNx2[..., 1]
 
 
-def _validate(prompt_BxP, prompt_valid_BxP, *, gen_length, block_length, steps, mask_id,
-              temperature, remasking, cfg_scale, suppress_eos_id, decoding, threshold, cache):
-  """Raises ValueError, naming the argument, for settings `generate` cannot run."""
-  if prompt_BxP.ndim != 2:
-    raise ValueError(f"prompt_BxP must be 2-D [batch, prompt_len], got shape "
-                     f"{tuple(prompt_BxP.shape)}.")
+def _check_prompt(prompt_BxP, prompt_valid_BxP, *, min_length: int = 0):
+  """Raises ValueError unless the prompt is [batch, prompt_len] and its mask matches."""
+  if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < min_length:
+    raise ValueError(f"prompt_BxP must be 2-D [batch, prompt_len] with prompt_len >= "
+                     f"{min_length}, got shape {tuple(prompt_BxP.shape)}.")
   if prompt_valid_BxP is not None and tuple(prompt_valid_BxP.shape) != tuple(prompt_BxP.shape):
     raise ValueError(f"prompt_valid_BxP has shape {tuple(prompt_valid_BxP.shape)}, "
                      f"prompt_BxP has {tuple(prompt_BxP.shape)}.")
+
+
+def check_settings(*, gen_length: int, block_length: int, steps: int, mask_id: int,
+                   temperature: float = 0.0, remasking: str = "low_confidence",
+                   cfg_scale: float = 0.0, suppress_eos_id: int | None = None,
+                   decoding: str = "plain", threshold: float = 0.9,
+                   cache: str = "none") -> None:
+  """Raises ValueError, naming the argument, for settings `generate` cannot run.
+
+  `generate` calls it before compiling; CLIs call it before loading a model.
+  """
   if gen_length < 1:
     raise ValueError(f"gen_length must be >= 1, got {gen_length}.")
   if block_length < 1:
@@ -119,13 +129,22 @@ def _validate(prompt_BxP, prompt_valid_BxP, *, gen_length, block_length, steps, 
     raise ValueError(f"threshold must be in (0, 1], got {threshold}.")
 
 
+def check_ar_settings(*, gen_length: int, temperature: float = 0.0) -> None:
+  """Raises ValueError, naming the argument, for settings `generate_ar` cannot run."""
+  if gen_length < 1:
+    raise ValueError(f"gen_length must be >= 1, got {gen_length}.")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}.")
+
+
 def _forward(params, apply_fn, tokens_BxT, *, cfg_scale, mask_id, hide_BxT=None,
              prefix_kv=None, return_kv=False, **row_kwargs):
   """One model call; with cfg_scale > 0 also the unconditional one, combined as in LLaDA.
 
-  Classifier-free guidance (LLaDA eq. 16): l = l_u + (w + 1) (l_c - l_u), where l_u sees
-  the prompt (`hide_BxT`) replaced by mask tokens. The two passes run as one call on 2B
-  rows, conditional rows first; `prefix_kv` (from a guided call) already has 2B rows.
+  Classifier-free guidance as in LLaDA, p ~ p_c^(1+w) / p_u^w, i.e. on logits
+  l = l_u + (w + 1) (l_c - l_u), where l_u sees the prompt (`hide_BxT`) replaced by mask
+  tokens. The two passes run as one call on 2B rows, conditional rows first; `prefix_kv`
+  (from a guided call) already has 2B rows.
   Row arguments left as None are not passed on.
   """
   kwargs = {k: v for k, v in row_kwargs.items() if v is not None}
@@ -154,12 +173,14 @@ def generate(params, apply_fn, prompt_BxP, key, *, gen_length: int, block_length
   """LLaDA semi-autoregressive sampling: tokens_Bx(P+G), the prompt followed by G new ids.
 
   The G generated positions form G / block_length blocks, denoised left to right with
-  steps / num_blocks steps each. decoding="plain" commits num_transfer_tokens(...) tokens
-  per step (LLaDA's linear schedule); decoding="threshold" commits every masked token of
-  the block whose confidence exceeds `threshold`, at least the most confident one, until
-  the block is full (`steps` is then unused). Only masked positions of the current block are
-  ever committed. cache="block" reuses the keys/values of one full forward per block for the
-  block's later steps (an approximation; exact for a 1-layer model).
+  steps / num_blocks steps each. Each step samples every position of the block (Gumbel-max
+  at `temperature`) and scores the predictions by `remasking` (see token_confidence).
+  decoding="plain" commits the num_transfer_tokens(...) best-scored masked positions per
+  step (LLaDA's linear schedule); decoding="threshold" commits every masked position whose
+  score exceeds `threshold`, and at least the best one, until the block is full (`steps` is
+  then unused; at most block_length passes per block). Only masked positions of the current
+  block are ever committed. cache="block" reuses the keys/values of one full forward per
+  block for the block's later steps (an approximation; exact for a 1-layer model).
 
   apply_fn(params, tokens, **kw) is the model (docs/architecture.md); it is a static argument
   of the compiled program, so pass the same function object to avoid recompiling.
@@ -170,10 +191,11 @@ def generate(params, apply_fn, prompt_BxP, key, *, gen_length: int, block_length
     the rest block-length), "commit_step_BxG": int32, the index of the forward pass whose
     prediction committed each generated token}.
   """
-  _validate(prompt_BxP, prompt_valid_BxP, gen_length=gen_length, block_length=block_length,
-            steps=steps, mask_id=mask_id, temperature=temperature, remasking=remasking,
-            cfg_scale=cfg_scale, suppress_eos_id=suppress_eos_id, decoding=decoding,
-            threshold=threshold, cache=cache)
+  _check_prompt(prompt_BxP, prompt_valid_BxP)
+  check_settings(gen_length=gen_length, block_length=block_length, steps=steps,
+                 mask_id=mask_id, temperature=temperature, remasking=remasking,
+                 cfg_scale=cfg_scale, suppress_eos_id=suppress_eos_id, decoding=decoding,
+                 threshold=threshold, cache=cache)
   tokens_BxL, stats = _generate(
       params, prompt_BxP, key, prompt_valid_BxP, apply_fn=apply_fn, gen_length=gen_length,
       block_length=block_length, steps=steps, mask_id=mask_id, temperature=float(temperature),
@@ -267,7 +289,8 @@ def _generate(params, prompt_BxP, key, prompt_valid_BxP, *, apply_fn, gen_length
 
 
 def generate_ar(params, apply_fn, prompt_BxP, key, *, gen_length: int,
-                temperature: float = 0.0, eos_id: int | None = None, prompt_valid_BxP=None):
+                temperature: float = 0.0, eos_id: int | None = None, prompt_valid_BxP=None,
+                return_stats: bool = False):
   """Autoregressive sampling with a KV cache: tokens_Bx(P+G), x_t ~ softmax(logits_t / T).
 
   The prompt is prefilled once (return_kv=True); each later step runs only the newest token
@@ -276,26 +299,22 @@ def generate_ar(params, apply_fn, prompt_BxP, key, *, gen_length: int,
   its remaining positions are `eos_id`, and the loop stops once every row has finished.
   prompt_valid_BxP: False on padding; prompts of different lengths must be left-padded so
   that every row's last prompt position is real.
+  return_stats: also return {"forward_passes": int32 scalar, model calls on the batch: the
+    prefill plus one per token fed back (at most G; fewer when every row stops early)}.
   """
-  if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < 1:
-    raise ValueError(f"prompt_BxP must be 2-D [batch, prompt_len] with prompt_len >= 1, got "
-                     f"shape {tuple(prompt_BxP.shape)}.")
-  if prompt_valid_BxP is not None and tuple(prompt_valid_BxP.shape) != tuple(prompt_BxP.shape):
-    raise ValueError(f"prompt_valid_BxP has shape {tuple(prompt_valid_BxP.shape)}, "
-                     f"prompt_BxP has {tuple(prompt_BxP.shape)}.")
-  if gen_length < 1:
-    raise ValueError(f"gen_length must be >= 1, got {gen_length}.")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}.")
-  return _generate_ar(params, prompt_BxP, key, prompt_valid_BxP, apply_fn=apply_fn,
-                      gen_length=gen_length, temperature=float(temperature), eos_id=eos_id)
+  _check_prompt(prompt_BxP, prompt_valid_BxP, min_length=1)
+  check_ar_settings(gen_length=gen_length, temperature=temperature)
+  tokens_BxL, passes = _generate_ar(
+      params, prompt_BxP, key, prompt_valid_BxP, apply_fn=apply_fn, gen_length=gen_length,
+      temperature=float(temperature), eos_id=eos_id)
+  return (tokens_BxL, {"forward_passes": passes}) if return_stats else tokens_BxL
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "gen_length", "temperature",
                                              "eos_id"))
 def _generate_ar(params, prompt_BxP, key, prompt_valid_BxP, *, apply_fn, gen_length,
                  temperature, eos_id):
-  """The compiled program behind `generate_ar`."""
+  """The compiled program behind `generate_ar`: (tokens_BxL, forward_passes)."""
   B, P = prompt_BxP.shape
   G = gen_length
   L = P + G
@@ -324,18 +343,21 @@ def _generate_ar(params, prompt_BxP, key, prompt_valid_BxP, *, apply_fn, gen_len
 
   def step(state):
     """Samples token P + i from the carried logits, then (unless last) runs it for i + 1."""
-    i, tokens_BxL, cache, cache_valid_BxL, logits_BxV, done_B = state
+    i, tokens_BxL, cache, cache_valid_BxL, logits_BxV, done_B, passes = state
     token_B = sample_tokens(keys_G[i], logits_BxV[:, None], temperature)[:, 0]
     if eos_id is not None:
       token_B = jnp.where(done_B, eos_id, token_B)
       done_B = done_B | (token_B == eos_id)
     tokens_BxL = tokens_BxL.at[:, P + i].set(token_B)
+    more = (i + 1 < G) & ~jnp.all(done_B)
     logits_BxV, cache, cache_valid_BxL = jax.lax.cond(
-        i + 1 < G, lambda: feed(i, cache, cache_valid_BxL, tokens_BxL),
+        more, lambda: feed(i, cache, cache_valid_BxL, tokens_BxL),
         lambda: (logits_BxV, cache, cache_valid_BxL))
-    return i + 1, tokens_BxL, cache, cache_valid_BxL, logits_BxV, done_B
+    return (i + 1, tokens_BxL, cache, cache_valid_BxL, logits_BxV, done_B,
+            passes + more.astype(jnp.int32))
 
   not_finished = lambda s: (s[0] < G) & ~jnp.all(s[5])
   state = (jnp.zeros((), jnp.int32), tokens_BxL, cache, cache_valid_BxL, logits_BxPxV[:, -1],
-           jnp.zeros((B,), bool))
-  return jax.lax.while_loop(not_finished, step, state)[1]
+           jnp.zeros((B,), bool), jnp.ones((), jnp.int32))
+  final = jax.lax.while_loop(not_finished, step, state)
+  return final[1], final[6]

@@ -295,9 +295,10 @@ class Transformer(nn.Module):
     if prefix_valid_BxS is None:
       prefix_valid_BxS = jnp.ones((B, S), bool)
 
-    embedding_VxD = _param(self, "embedding", (c.vocab_size + 1, c.d_model), ("vocab", "embed"),
-                           nn.initializers.normal(stddev=c.d_model**-0.5))
-    x_BxLxD = jnp.take(embedding_VxD, tokens_BxL, axis=0).astype(DTYPES[c.dtype])
+    # V + 1 rows: the last one (id V = mask_id) embeds the mask token.
+    embedding_V1xD = _param(self, "embedding", (c.vocab_size + 1, c.d_model),
+                            ("vocab", "embed"), nn.initializers.normal(stddev=c.d_model**-0.5))
+    x_BxLxD = jnp.take(embedding_V1xD, tokens_BxL, axis=0).astype(DTYPES[c.dtype])
     cos_BxLxH2, sin_BxLxH2 = rope_angles(positions_BxL, c.head_dim, c.rope_theta)
     mask_BxLxT = attention_mask(valid_BxL.astype(bool), prefix_valid_BxS.astype(bool),
                                 causal=c.causal)
@@ -312,7 +313,7 @@ class Transformer(nn.Module):
     x_BxLxD = RMSNorm(c, name="final_norm")(x_BxLxD)
 
     if c.tie_embeddings:
-      head_DxV = embedding_VxD[:c.vocab_size].T
+      head_DxV = embedding_V1xD[:c.vocab_size].T
     else:
       head_DxV = _param(self, "head", (c.d_model, c.vocab_size), ("embed", "vocab"),
                         _fan_in())

@@ -26,8 +26,9 @@ keeping the lowest objective.
   for whole-batch rounding), where D' = D and N' is taken as N, i.e. those runs are assumed
   not to be over-parametrised for their data (N <= N_opt(D)).
 - Stage 2: those fixed, R_D* (and R_N* unless disabled) on all runs, with U_N from stage 1.
-  Without repeated runs R_D* is not identifiable and is left at inf; likewise R_N* when no
-  run has N > U_N or `fit_rn_star=False` (use that when the sweep barely varies N).
+  Without repeated runs stage 2 is skipped and both stay at inf (not identifiable); R_N*
+  also stays at inf when no run has N > U_N or with `fit_rn_star=False` (use that when the
+  sweep barely varies N).
 """
 import dataclasses
 import itertools
@@ -75,7 +76,7 @@ def unique_params(fit: FitResult, unique_tokens):
 
 
 def _log_saturated(repeats, log_r_star: float):
-  """log(1 + R* (1 - exp(-R / R*))) and its derivative in log R* (R / log(1 + R) at inf)."""
+  """log(1 + R* (1 - exp(-R / R*))) and its derivative in log R* (log(1 + R) and 0 at inf)."""
   if math.isinf(log_r_star):
     return np.log1p(repeats), np.zeros_like(repeats)
   r_star = math.exp(log_r_star)
@@ -120,7 +121,7 @@ def _log_predict(theta, data):
   return _log_law(*theta[:5], log_n, log_d)[0]
 
 
-def _theta(fit: "FitResult"):
+def _theta(fit: FitResult):
   return (math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta,
           math.log(fit.rd_star), math.log(fit.rn_star))
 
@@ -174,10 +175,13 @@ def _multistart(theta0, free, grid, data, log_loss, *, delta, num_starts, bounds
       return value, grad[free]
 
     res = optimize.minimize(objective, theta[free], jac=True, method="L-BFGS-B",
-                            bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10})
+                            bounds=bounds, options={"ftol": 1e-12, "gtol": 1e-8})
     if np.isfinite(res.fun) and res.fun < best_value:
       best_value, best_theta = res.fun, theta.copy()
       best_theta[free] = res.x
+  if best_theta is None:
+    raise ValueError("fit failed: the objective is not finite from any start; check that the "
+                     "losses are in a consistent unit")
   return best_theta
 
 
@@ -193,13 +197,8 @@ def _as_arrays(points: Sequence[Any]) -> dict[str, np.ndarray]:
   columns = {k: [] for k in _FIELDS}
   for i, point in enumerate(points):
     for key in _FIELDS:
-      if isinstance(point, Mapping):
-        if key not in point:
-          raise ValueError(f"point {i} has no field {key!r} (needs {_FIELDS})")
-        value = point[key]
-      elif hasattr(point, key):
-        value = getattr(point, key)
-      else:
+      value = point.get(key) if isinstance(point, Mapping) else getattr(point, key, None)
+      if value is None:
         raise ValueError(f"point {i} has no field {key!r} (needs {_FIELDS})")
       value = float(value)
       if not (math.isfinite(value) and value > 0):
@@ -318,10 +317,9 @@ def critical_compute(fit_ar: FitResult, fit_mdm: FitResult, unique_tokens: float
     raise ValueError(f"compute_range must be increasing, got {compute_range}")
 
   def gap(log_c):
-    c = math.exp(log_c)
-    kw = dict(flops_per_token_fn=flops_per_token_fn)
-    return (optimal_loss(fit_mdm, c, unique_tokens, **kw)[0]
-            - optimal_loss(fit_ar, c, unique_tokens, **kw)[0])
+    best = [optimal_loss(f, math.exp(log_c), unique_tokens,
+                         flops_per_token_fn=flops_per_token_fn)[0] for f in (fit_mdm, fit_ar)]
+    return best[0] - best[1]
 
   grid = np.linspace(lo, hi, max(2, int(points_per_decade * (hi - lo) / math.log(10)) + 1))
   gaps = np.array([gap(x) for x in grid])

@@ -41,10 +41,10 @@ def _styles(objectives) -> dict[str, tuple[str, str]]:
   return {o: (_LINESTYLES[i % 4], _MARKERS[i % 4]) for i, o in enumerate(names)}
 
 
-def _colors(values, cmap: str = "viridis") -> dict:
+def _colors(values) -> dict:
+  """A viridis colour per distinct value, in sorted order."""
   values = sorted(set(values))
-  ramp = colormaps[cmap](np.linspace(0.0, 0.85, max(len(values), 1)))
-  return dict(zip(values, ramp))
+  return dict(zip(values, colormaps["viridis"](np.linspace(0.0, 0.85, len(values)))))
 
 
 def _save(fig: Figure, out_path: str) -> str:
@@ -81,7 +81,7 @@ def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str) -> str:
   """Validation loss vs training FLOPs per run, with each objective's lower envelope."""
   _check_rows(rows)
   styles = _styles(r["objective"] for r in rows)
-  colors = _colors(styles, cmap="tab10")
+  colors = {o: f"C{i}" for i, o in enumerate(styles)}  # matplotlib's default cycle.
   fig = Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
   for (objective,), group in _groups(rows, ("objective",)).items():
@@ -119,9 +119,9 @@ def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
       grid = np.geomspace(epochs.min(), epochs.max(), 100)
       ax.plot(grid, fit_lib.predict(fit, n, grid * u, u), color=colors[(u, n)],
               label=f"U={u:.3g}, N={n:.3g}")
+    r2 = "" if np.isnan(fit.r2) else f", R^2={fit.r2:.3f}"
     ax.set(xscale="log", xlabel="epochs", ylabel="validation loss",
-           title=f"{objective}: R_D*={fit.rd_star:.3g}, R_N*={fit.rn_star:.3g}, "
-                 f"R^2={fit.r2:.3f}")
+           title=f"{objective}: R_D*={fit.rd_star:.3g}, R_N*={fit.rn_star:.3g}{r2}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=6)
   return _save(fig, out_path)

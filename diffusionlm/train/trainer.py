@@ -106,9 +106,26 @@ def make_init_fn(setup: Setup):
   return jax.jit(init, out_shardings=setup.state_sharding)
 
 
+def apply_gradients(tx: optax.GradientTransformation, state: TrainState, loss, grads):
+  """One optax update -> (new_state, grad_norm). A non-finite loss or gradient leaves the
+  parameters unchanged and records the step in `first_nonfinite_step`, which the loop turns
+  into a clear error. Shared with the RL update (diffusionlm/rl/grpo.py)."""
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep_new(params, state.params),
+      opt_state=keep_new(opt_state, state.opt_state),
+      first_nonfinite_step=jnp.where(
+          (state.first_nonfinite_step < 0) & ~finite, state.step + 1, state.first_nonfinite_step))
+  return new_state, grad_norm
+
+
 def make_train_step(setup: Setup):
-  """One optimizer step. Non-finite losses or gradients leave the parameters unchanged and
-  record the step in `first_nonfinite_step`, which the loop turns into a clear error."""
+  """One optimizer step (see `apply_gradients` for the non-finite guard)."""
   loss_fn = objectives.make_loss_fn(setup.config, mask_id=setup.model_config.mask_id)
   base_key = jax.random.key(setup.config.seed)
 
@@ -116,17 +133,7 @@ def make_train_step(setup: Setup):
     key = jax.random.fold_in(base_key, state.step)  # Resumed runs see the same noise.
     (loss, aux), grads = jax.value_and_grad(
         lambda p: loss_fn(p, setup.apply_fn, batch, key), has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep_new(params, state.params),
-        opt_state=keep_new(opt_state, state.opt_state),
-        first_nonfinite_step=jnp.where(
-            (state.first_nonfinite_step < 0) & ~finite, state.step + 1, state.first_nonfinite_step))
+    new_state, grad_norm = apply_gradients(setup.tx, state, loss, grads)
     step_metrics = {**aux, "loss": loss, "grad_norm": grad_norm, "lr": setup.lr_schedule(state.step)}
     return new_state, step_metrics
 
