@@ -69,7 +69,7 @@ def main(argv):
   del argv
   preset = PRESETS[_PRESET.value]
   dtype = jnp.dtype(preset["dtype"])
-  peak = metrics.measure_matmul_peak(dtype=dtype, n=4096 if preset["dtype"] == "bfloat16" else 2048)
+  peak = metrics.measure_matmul_peak(dtype=dtype, n=8192 if preset["dtype"] == "bfloat16" else 2048)
   peak *= jax.device_count()
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; dtype {dtype.name}; "
         f"measured matmul peak {peak / 1e12:.2f} TFLOP/s")
