@@ -25,8 +25,12 @@ setuptools.setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
+        "safetensors>=0.4",  # Hugging Face checkpoint import
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # Hugging Face checkpoint import (diffusionlm/models/convert.py needs safetensors;
+        # its tests compare against transformers' Llama on torch: pytest -m convert).
+        "convert": ["torch", "transformers>=5.0"],
     },
 )

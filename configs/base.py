@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Compute dtype, e.g. "bfloat16" on accelerators.
   c.model.param_dtype = "float32"
   c.model.remat = "none"  # Activation checkpointing per block: "none" | "full" | "dots".
+  # Losses and RL log-probs over sequence chunks of this many positions, each chunk's logits
+  # recomputed in the backward pass, so the batch x seq_len x vocab logits never exist at
+  # once (StreamBP); for long sequences and large vocabularies. 0 = all positions at once.
+  c.model.logits_chunk_size = 0
 
   # ---- Diffusion objective (diffusionlm/diffusion/) ------------------------------
   c.diffusion = ml_collections.ConfigDict()

@@ -17,6 +17,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -67,9 +68,10 @@ def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: in
   mesh: if given, each batch is sharded over its data-parallel axes (batch_size must be a
     multiple of their size); every process passes the same prompts.
   Returns {"completions": texts, "completion_lengths": ids before EOS, "forward_passes":
-  model calls summed over batches, "generated_tokens": len(prompts) * gen_length,
-  "seconds": generation wall time, "tokens_per_sec": generated tokens per second measured
-  after the first batch (which may include compilation) when there are several}.
+  model calls summed over batches, "passes_per_token": forward passes per generated
+  position (each pass covers a whole batch), "generated_tokens": len(prompts) * gen_length,
+  "seconds": generation wall time, "tokens_per_sec": generated positions per second,
+  measured after the first batch (which may include compilation) when there are several}.
   """
   if not prompts:
     raise ValueError("prompts is empty: nothing to generate.")
@@ -115,6 +117,7 @@ def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: in
   return {"completions": [tokenizer.decode(ids_T) for ids_T in ids],
           "completion_lengths": [len(ids_T) for ids_T in ids],
           "forward_passes": passes,
+          "passes_per_token": passes / (num_batches * gen_length),
           "generated_tokens": N * gen_length,
           "seconds": float(sum(seconds_T)),
           "tokens_per_sec": timed_rows * gen_length / sum(timed)}
@@ -139,8 +142,7 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
   """Completes formatting.task_prompt(example) for every example and scores the results.
 
   Returns {"accuracy": share of examples `is_correct`, "mean_reward": mean of
-  rewards.total_reward, "mean_completion_length": ids before EOS, "passes_per_token":
-  forward passes per generated position (each pass covers the whole batch),
+  rewards.total_reward, "mean_completion_length": ids before EOS, "passes_per_token",
   "tokens_per_sec", "seconds", "num_examples", "completions"}; see `complete` for the
   arguments and the speed statistics.
   """
@@ -156,16 +158,13 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
                  mask_id=mask_id, causal=causal, batch_size=batch_size, gen_length=gen_length,
                  key=key, sampler_kwargs=sampler_kwargs, mesh=mesh)
   completions = out["completions"]
-  num_batches = -(-len(examples) // batch_size)
   return {
       "accuracy": float(np.mean([is_correct(task, c, ex)
                                  for c, ex in zip(completions, examples)])),
       "mean_reward": float(np.mean([rewards.total_reward(task, c, ex)
                                     for c, ex in zip(completions, examples)])),
       "mean_completion_length": float(np.mean(out["completion_lengths"])),
-      "passes_per_token": out["forward_passes"] / (num_batches * gen_length),
-      "tokens_per_sec": out["tokens_per_sec"],
-      "seconds": out["seconds"],
+      **{k: out[k] for k in ("passes_per_token", "tokens_per_sec", "seconds")},
       "num_examples": len(examples),
       "completions": completions,
   }
@@ -189,7 +188,9 @@ def _define_cli_flags():
 
 def check_flags():
   """(config, causal, task, settings) of the flags; ValueError naming a bad flag."""
-  config, causal, settings = sampler_flags.settings_for_run(FLAGS.workdir)
+  settings = sampler_flags.flag_settings()
+  config, causal = sampler_flags.settings_for_run(FLAGS.workdir, gen_length=FLAGS.gen_length,
+                                                  settings=settings)
   task = FLAGS.task or config.data.dataset.split(":")[0]
   if task not in formatting.TASKS:
     raise ValueError(f"--task={task!r} is not a task dataset; expected one of "
@@ -234,6 +235,8 @@ def evaluate_from_flags(config, causal, task, settings) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Library INFO logs (orbax) drown the output.
+    logging.set_verbosity(logging.WARNING)
   try:
     checked = check_flags()
   except ValueError as e:

@@ -12,6 +12,7 @@ each completion is cut at its first EOS. Bad flags fail before the model is load
 """
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 
 from diffusionlm import evaluate
@@ -31,7 +32,8 @@ def _define_cli_flags():
 
 def check_flags() -> dict:
   """The sampler settings of the flags; ValueError naming a bad flag (nothing loaded yet)."""
-  _, _, settings = sampler_flags.settings_for_run(FLAGS.workdir)
+  settings = sampler_flags.flag_settings()
+  sampler_flags.settings_for_run(FLAGS.workdir, gen_length=FLAGS.gen_length, settings=settings)
   if FLAGS.num_samples < 1:
     raise ValueError(f"--num_samples must be >= 1, got {FLAGS.num_samples}.")
   for i, prompt in enumerate(FLAGS.prompt):
@@ -62,6 +64,8 @@ def sample_from_flags(settings: dict) -> list[list[str]]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Library INFO logs (orbax) drown the output.
+    logging.set_verbosity(logging.WARNING)
   try:
     settings = check_flags()
   except ValueError as e:

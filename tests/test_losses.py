@@ -237,7 +237,8 @@ def _sft_loss_and_input(params, offset_BxLxV, tokens, valid, prompt_len, key):
 
   def apply_fn(p, noisy_BxL, **kw):
     seen["noisy"] = noisy_BxL
-    return net_apply(p, noisy_BxL, **kw) + offset_BxLxV
+    # Logits (targets_BxT not passed on): the loss reduces them itself.
+    return net_apply(p, noisy_BxL, valid_BxL=kw["valid_BxL"]) + offset_BxLxV
 
   loss, _ = losses.sft_loss(params, apply_fn, tokens, prompt_len, key, mask_id=MODEL.mask_id,
                             valid_BxL=valid)
@@ -328,7 +329,7 @@ def test_random_length_cut_shortens_rows_for_attention_and_loss(context_free):
   def metrics_and_inputs(key):
     seen = {}
 
-    def spy_apply(params, noisy_BxL, *, valid_BxL):
+    def spy_apply(params, noisy_BxL, *, valid_BxL, **unused):
       seen.update(noisy=noisy_BxL, valid=valid_BxL)
       return context_free_apply(params, noisy_BxL)
 

@@ -51,9 +51,9 @@ def _final_params(workdir):
   return step, tree["params"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+@pytest.fixture
+def data_dir(tfds_dir):
+  return tfds_dir
 
 
 def test_kill9_then_resume_is_bitwise_identical(data_dir, tmp_path):

@@ -442,9 +442,12 @@ def test_ar_stops_at_eos():
 
   eos = int(TARGET[P + 2])
   prompt = jnp.asarray(np.broadcast_to(TARGET[:P], (B, P)))
-  tokens = sampling.generate_ar({"target": jnp.asarray(np.append(TARGET, 0))},
-                                next_token_apply_fn, prompt, jax.random.key(0), gen_length=G,
-                                eos_id=eos, temperature=1.0)
+  tokens, stats = sampling.generate_ar(
+      {"target": jnp.asarray(np.append(TARGET, 0))}, next_token_apply_fn, prompt,
+      jax.random.key(0), gen_length=G, eos_id=eos, temperature=1.0, return_stats=True)
   first_eos = int(np.argmax(TARGET[P:] == eos))
+  assert first_eos < G - 1  # The loop really stops early.
   expected = np.concatenate([TARGET[:P + first_eos + 1], np.full(G - first_eos - 1, eos)])
   np.testing.assert_array_equal(tokens, np.broadcast_to(expected, (B, P + G)))
+  # The prefill, then one pass per token fed back: every token before the EOS.
+  assert int(stats["forward_passes"]) == 1 + first_eos

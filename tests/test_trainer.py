@@ -12,9 +12,9 @@ from diffusionlm.data import pipeline
 from diffusionlm.train import checkpoint, sharding, trainer, validation
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+@pytest.fixture
+def data_dir(tfds_dir):
+  return tfds_dir
 
 
 def tiny_config(data_dir, **overrides):

@@ -1,7 +1,10 @@
 """Training objectives and likelihood estimates: masked diffusion (MDM), SFT and AR.
 
-All functions are pure and jit-able; `apply_fn(params, tokens_BxL, **kw) -> logits_BxLxV`
-is the network (see models/transformer.py), called with `valid_BxL=` for key padding. The
+All functions are pure and jit-able. `apply_fn(params, tokens_BxL, **kw)` is the network
+(see models/transformer.py), called through `target_logprobs` with `valid_BxL=` for key
+padding and `targets_BxT=` for the ids to score: it returns their log-probs logp_BxT (our
+Transformer, which can stream its LM head over sequence chunks so the B x L x V logits never
+exist), or simply logits_BxLxV, which `target_logprobs` reduces (any research network). The
 mask token `mask_id` must lie outside the V ids the network predicts. Losses are in nats per
 token; `metrics` always holds `loss` and `bits_per_token` (= loss / ln 2).
 
@@ -42,19 +45,45 @@ def _check_mask_id(mask_id, vocab_size: int | None = None) -> None:
                      f"(TransformerConfig.mask_id = vocab_size).")
 
 
-def _token_nll(logits_BxLxV, targets_BxL) -> jax.Array:
-  """-log softmax(logits)[target] per position, in float32."""
-  logp_BxLxV = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
-  targets_BxL = jnp.clip(targets_BxL, 0, logits_BxLxV.shape[-1] - 1)  # Padding may be any id.
-  return -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+def _scores(params, apply_fn, inputs_BxL, targets_BxT, kw):
+  """(logp_BxT, V if the network returned logits else None); see `target_logprobs`."""
+  if inputs_BxL.ndim != 2 or targets_BxT.ndim != 2 or (
+      targets_BxT.shape[0] != inputs_BxL.shape[0] or targets_BxT.shape[1] > inputs_BxL.shape[1]):
+    raise ValueError(f"targets_BxT {tuple(targets_BxT.shape)} must be 2-D with the rows of "
+                     f"inputs_BxL {tuple(inputs_BxL.shape)} and at most as many columns.")
+  out = apply_fn(params, inputs_BxL, targets_BxT=targets_BxT, **kw)
+  if out.ndim == 3:  # A network that returns logits: reduce them here.
+    vocab_size = out.shape[-1]
+    logp_BxTxV = jax.nn.log_softmax(out[:, out.shape[1] - targets_BxT.shape[1]:]
+                                    .astype(jnp.float32), axis=-1)
+    targets_BxT = jnp.clip(targets_BxT, 0, vocab_size - 1)  # Padding may be any id.
+    return jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0], vocab_size
+  if out.shape != targets_BxT.shape:
+    raise ValueError(f"apply_fn returned shape {tuple(out.shape)}: expected logits "
+                     f"[B, L, V] or target log-probs {tuple(targets_BxT.shape)}.")
+  return out.astype(jnp.float32), None
+
+
+def target_logprobs(params, apply_fn, inputs_BxL, targets_BxT, **kw) -> jax.Array:
+  """logp_BxT = log p_theta(targets_BxT | inputs_BxL) at the last T <= L positions, float32.
+
+  Calls `apply_fn(params, inputs_BxL, targets_BxT=targets_BxT, **kw)`: a network that
+  returns the target log-probs itself (our Transformer, with
+  `TransformerConfig.logits_chunk_size` > 0 streaming its LM head over sequence chunks) never
+  materialises B x L x V logits; one that ignores `targets_BxT` and returns logits_BxLxV has
+  them reduced here by log_softmax. Targets outside [0, V) are clipped (padding may hold any
+  id; weight it 0). `kw` is passed on (e.g. valid_BxL).
+  """
+  return _scores(params, apply_fn, inputs_BxL, targets_BxT, kw)[0]
 
 
 def _masked_nll(params, apply_fn, tokens_BxL, masked_BxL, valid_BxL, mask_id):
   """-log p(x^i | x with `masked` positions set to mask_id) where masked, else 0."""
   noisy_BxL = jnp.where(masked_BxL, mask_id, tokens_BxL)
-  logits_BxLxV = apply_fn(params, noisy_BxL, valid_BxL=valid_BxL)
-  _check_mask_id(mask_id, logits_BxLxV.shape[-1])
-  return jnp.where(masked_BxL, _token_nll(logits_BxLxV, tokens_BxL), 0.0)
+  logp_BxL, vocab_size = _scores(params, apply_fn, noisy_BxL, tokens_BxL,
+                                 dict(valid_BxL=valid_BxL))
+  _check_mask_id(mask_id, vocab_size)  # Our Transformer's mask id is V by construction.
+  return jnp.where(masked_BxL, -logp_BxL, 0.0)
 
 
 def _uniform_BxL(key, shape):
@@ -172,10 +201,11 @@ def sft_loss(params, apply_fn, tokens_BxL, prompt_len_B, key, *, mask_id, valid_
 def _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL):
   """(-log p(x_{i+1} | x_{<=i}) for i < L-1, mask of pairs whose input and target are valid)."""
   valid_BxL = _check_tokens(tokens_BxL, valid_BxL)
-  logits_BxLxV = apply_fn(params, tokens_BxL, valid_BxL=valid_BxL)
+  # Position i scores x_{i+1}; the last position's target (wrapped around) is dropped.
+  logp_BxL = target_logprobs(params, apply_fn, tokens_BxL, jnp.roll(tokens_BxL, -1, axis=1),
+                             valid_BxL=valid_BxL)
   pair_valid_BxL1 = valid_BxL[:, :-1] & valid_BxL[:, 1:]
-  nll_BxL1 = _token_nll(logits_BxLxV[:, :-1], tokens_BxL[:, 1:])
-  return jnp.where(pair_valid_BxL1, nll_BxL1, 0.0), pair_valid_BxL1
+  return jnp.where(pair_valid_BxL1, -logp_BxL[:, :-1], 0.0), pair_valid_BxL1
 
 
 def ar_loss(params, apply_fn, tokens_BxL, *, valid_BxL=None):

@@ -9,6 +9,8 @@ flag fails in a second with a message naming it. `evaluate.evaluate_task` resolv
 Defaults: block_length is the largest divisor of gen_length up to 32 (LLaDA's usual block),
 steps = gen_length (one token per step, LLaDA's reference setting), greedy decoding.
 """
+import inspect
+
 from absl import flags
 import ml_collections
 
@@ -29,6 +31,13 @@ def default_block_length(gen_length: int) -> int:
              if gen_length % d == 0)
 
 
+def _generate_defaults() -> dict:
+  """The keyword defaults of `sampling.generate` for SETTINGS (one source of truth)."""
+  parameters = inspect.signature(sampling.generate).parameters
+  return {name: parameters[name].default for name in SETTINGS
+          if parameters[name].default is not inspect.Parameter.empty}
+
+
 def resolve(*, gen_length: int, causal: bool, mask_id: int, **given) -> dict:
   """The keyword arguments of `generate` (causal=False) or `generate_ar` (causal=True),
   without gen_length: `given` (None = unset) completed with the defaults and checked.
@@ -39,23 +48,20 @@ def resolve(*, gen_length: int, causal: bool, mask_id: int, **given) -> dict:
   unknown = sorted(set(given) - set(SETTINGS))
   if unknown:
     raise ValueError(f"unknown sampler setting(s) {unknown}; known: {list(SETTINGS)}")
-  given = {k: v for k, v in given.items() if v is not None}
-  temperature = float(given.pop("temperature", 0.0))
-  if causal:
-    if given:
-      raise ValueError(f"sampler setting(s) {sorted(given)} apply to masked-diffusion "
-                       "models only; this model is autoregressive (causal), whose sampler "
-                       "takes gen_length and temperature.")
-    if gen_length is None or gen_length < 1:
-      raise ValueError(f"gen_length must be >= 1, got {gen_length}.")
-    sampling.check_ar_settings(gen_length=gen_length, temperature=temperature)
-    return {"temperature": temperature}
   if gen_length is None or gen_length < 1:
     raise ValueError(f"gen_length must be >= 1, got {gen_length}.")
-  kwargs = {"block_length": default_block_length(gen_length), "steps": gen_length,
-            "temperature": temperature, "remasking": "low_confidence", "cfg_scale": 0.0,
-            "decoding": "plain", "threshold": 0.9, "cache": "none", "suppress_eos_id": None}
-  kwargs.update(given)
+  given = {k: v for k, v in given.items() if v is not None}
+  if causal:
+    diffusion_only = sorted(set(given) & set(DIFFUSION_ONLY))
+    if diffusion_only:
+      raise ValueError(f"sampler setting(s) {diffusion_only} apply to masked-diffusion "
+                       "models only; this model is autoregressive (causal), whose sampler "
+                       "takes gen_length and temperature.")
+    kwargs = {"temperature": float(given.get("temperature", 0.0))}
+    sampling.check_ar_settings(gen_length=gen_length, **kwargs)
+    return kwargs
+  kwargs = _generate_defaults() | {"block_length": default_block_length(gen_length),
+                                   "steps": gen_length} | given
   sampling.check_settings(gen_length=gen_length, mask_id=mask_id, **kwargs)
   return kwargs
 
@@ -93,15 +99,16 @@ def flag_settings() -> dict:
   return {name: flags.FLAGS[name].value for name in SETTINGS if name in flags.FLAGS}
 
 
-def settings_for_run(workdir: str) -> tuple[ml_collections.ConfigDict, bool, dict]:
-  """(config, causal, sampler settings) for the run in `workdir`, from its config.json and
-  the flags, checked before anything is loaded or compiled (ValueError naming the flag)."""
+def settings_for_run(workdir: str, *, gen_length: int,
+                     settings: dict) -> tuple[ml_collections.ConfigDict, bool]:
+  """(config, causal) of the run in `workdir` (its config.json), once `settings` (e.g.
+  `flag_settings()`) are checked for it: ValueError naming the setting, before anything is
+  loaded or compiled."""
   saved = checkpoint.read_run_config(workdir)
   if saved is None:
     raise ValueError(f"--workdir={workdir} has no config.json: is it a diffusionlm run?")
   config = ml_collections.ConfigDict(saved)
   causal = config.objective == "ar"
   mask_id = tokenizers.load_tokenizer(config.data.tokenizer).vocab_size
-  settings = flag_settings()
-  resolve(gen_length=flags.FLAGS.gen_length, causal=causal, mask_id=mask_id, **settings)
-  return config, causal, settings
+  resolve(gen_length=gen_length, causal=causal, mask_id=mask_id, **settings)
+  return config, causal

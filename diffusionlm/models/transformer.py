@@ -8,6 +8,12 @@ grouped-query attention (Ainslie et al. 2023). `causal=True` is the autoregressi
 The embedding has `vocab_size + 1` rows: the last one, id `vocab_size` (= `config.mask_id`),
 is the mask token. The output head covers only the `vocab_size` real ids, so the model can
 never predict the mask token. Logits are float32 whatever the compute dtype.
+
+Losses need only log p(target) per position, never the B x L x V logits. Called with
+`targets_BxT`, the model returns those log-probs; with `logits_chunk_size > 0` it computes
+them chunk by chunk along the sequence, each chunk's logits recomputed in the backward pass
+instead of stored (StreamBP's LM-head streaming, Luo et al. 2025), so peak memory holds one
+B x chunk x V block instead of B x L x V.
 """
 import dataclasses
 import math
@@ -46,6 +52,7 @@ class TransformerConfig:
   dtype: str = "float32"  # Compute dtype.
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots", per block.
+  logits_chunk_size: int = 0  # Target log-probs over sequence chunks of this size; 0 = off.
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim")
@@ -72,6 +79,9 @@ class TransformerConfig:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of "
                          f"{sorted(DTYPES)}.")
+    if not isinstance(self.logits_chunk_size, numbers.Integral) or self.logits_chunk_size < 0:
+      raise ValueError(f"TransformerConfig.logits_chunk_size must be an int >= 0 (0 = off), "
+                       f"got {self.logits_chunk_size!r}.")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"TransformerConfig.remat={self.remat!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}.")
@@ -92,7 +102,7 @@ class TransformerConfig:
 
 _CONFIG_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
                   "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings", "dtype",
-                  "param_dtype", "remat")
+                  "param_dtype", "remat", "logits_chunk_size")
 
 
 def config_from_dict(model_cfg: Mapping[str, Any], *, vocab_size: int,
@@ -244,15 +254,101 @@ def attention_mask(valid_BxL, prefix_valid_BxS, *, causal: bool):
   return mask_BxLxT
 
 
+def _head_logits(x_BxTxD, head_DxV):
+  return jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV, preferred_element_type=jnp.float32)
+
+
+def _target_logprobs(x_BxTxD, head_DxV, targets_BxT):
+  """(log softmax(x W_head)[target], logsumexp(x W_head)) per position, in float32."""
+  logits_BxTxV = _head_logits(x_BxTxD, head_DxV)
+  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  return target_logit_BxT - lse_BxT, lse_BxT
+
+
+@jax.custom_vjp
+def _chunked_target_logprobs(x_NxBxCxD, head_DxV, targets_NxBxC):
+  """_target_logprobs of each of N chunks; see `streamed_target_logprobs`."""
+  return _chunked_fwd(x_NxBxCxD, head_DxV, targets_NxBxC)[0]
+
+
+def _chunked_fwd(x_NxBxCxD, head_DxV, targets_NxBxC):
+  """A scan over chunks that keeps each chunk's logsumexp (B x C floats), not its logits."""
+  _, (logp_NxBxC, lse_NxBxC) = jax.lax.scan(
+      lambda _, xt: (None, _target_logprobs(xt[0], head_DxV, xt[1])), None,
+      (x_NxBxCxD, targets_NxBxC))
+  return logp_NxBxC, (x_NxBxCxD, head_DxV, targets_NxBxC, lse_NxBxC)
+
+
+def _chunked_bwd(residuals, g_NxBxC):
+  """Recomputes each chunk's logits; d logp / d logits = onehot(target) - softmax(logits).
+
+  The matmuls are those autodiff gives the unchunked path (float32 cotangent, float32
+  results); the head gradient is summed over chunks in float32.
+  """
+  x_NxBxCxD, head_DxV, targets_NxBxC, lse_NxBxC = residuals
+
+  def chunk(dhead_DxV, inputs):
+    x_BxCxD, targets_BxC, lse_BxC, g_BxC = inputs
+    probs_BxCxV = jnp.exp(_head_logits(x_BxCxD, head_DxV) - lse_BxC[..., None])
+    onehot_BxCxV = jax.nn.one_hot(targets_BxC, head_DxV.shape[1], dtype=jnp.float32)
+    dlogits_BxCxV = (onehot_BxCxV - probs_BxCxV) * g_BxC[..., None]
+    dx_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, head_DxV,
+                          preferred_element_type=jnp.float32)
+    dhead_DxV += jnp.einsum("bcd,bcv->dv", x_BxCxD, dlogits_BxCxV,
+                            preferred_element_type=jnp.float32)
+    return dhead_DxV, dx_BxCxD.astype(x_BxCxD.dtype)
+
+  dhead_DxV, dx_NxBxCxD = jax.lax.scan(
+      chunk, jnp.zeros(head_DxV.shape, jnp.float32),
+      (x_NxBxCxD, targets_NxBxC, lse_NxBxC, g_NxBxC))
+  return dx_NxBxCxD, dhead_DxV.astype(head_DxV.dtype), None
+
+
+_chunked_target_logprobs.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def streamed_target_logprobs(x_BxTxD, head_DxV, targets_BxT, *, chunk_size: int):
+  """log softmax(x W_head)[target] in float32, chunk_size positions at a time (0 = all).
+
+  StreamBP's LM-head streaming (Luo et al. 2025, Sec. 3.2): a scan over sequence chunks
+  whose forward pass keeps only each chunk's logsumexp, and whose backward pass recomputes
+  the chunk's B x chunk x V logits and adds its share of the head gradient, so no B x T x V
+  array exists at once. Values and gradients equal the unchunked ones up to float summation
+  order. T need not be a multiple of chunk_size: the last chunk is zero-padded and its
+  padding dropped.
+  """
+  B, T, D = x_BxTxD.shape
+  if chunk_size == 0 or chunk_size >= T:
+    return _target_logprobs(x_BxTxD, head_DxV, targets_BxT)[0]
+  num_chunks = -(-T // chunk_size)
+  pad = num_chunks * chunk_size - T
+  x_BxTxD = jnp.pad(x_BxTxD, ((0, 0), (0, pad), (0, 0)))
+  targets_BxT = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
+  x_NxBxCxD = x_BxTxD.reshape(B, num_chunks, chunk_size, D).swapaxes(0, 1)
+  targets_NxBxC = targets_BxT.reshape(B, num_chunks, chunk_size).swapaxes(0, 1)
+  logp_NxBxC = _chunked_target_logprobs(x_NxBxCxD, head_DxV, targets_NxBxC)
+  return logp_NxBxC.swapaxes(0, 1).reshape(B, num_chunks * chunk_size)[:, :T]
+
+
 class Transformer(nn.Module):
-  """tokens_BxL (ids in [0, V], V = mask) -> float32 logits_BxLxV over the V real ids."""
+  """tokens_BxL (ids in [0, V], V = mask) -> float32 logits_BxLxV over the V real ids, or
+  with `targets_BxT` the float32 log-probs logp_BxT of those targets."""
   config: TransformerConfig
 
-  def _check_inputs(self, tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS):
+  def _check_inputs(self, tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
+                    targets_BxT):
     c = self.config
     if tokens_BxL.ndim != 2 or not jnp.issubdtype(tokens_BxL.dtype, jnp.integer):
       raise ValueError(f"tokens_BxL must be a 2-D integer array, got {tokens_BxL.dtype}"
                        f"{tuple(tokens_BxL.shape)}.")
+    if targets_BxT is not None and (
+        targets_BxT.ndim != 2 or not jnp.issubdtype(targets_BxT.dtype, jnp.integer)
+        or targets_BxT.shape[0] != tokens_BxL.shape[0]
+        or targets_BxT.shape[1] > tokens_BxL.shape[1]):
+      raise ValueError(f"targets_BxT must be a 2-D integer array with the rows of tokens_BxL "
+                       f"{tuple(tokens_BxL.shape)} and at most as many columns, got "
+                       f"{targets_BxT.dtype}{tuple(targets_BxT.shape)}.")
     for name, x in (("valid_BxL", valid_BxL), ("positions_BxL", positions_BxL)):
       if x is not None and x.shape != tokens_BxL.shape:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, tokens_BxL has "
@@ -276,8 +372,13 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, *, valid_BxL=None, positions_BxL=None, prefix_kv=None,
-               prefix_valid_BxS=None, return_kv=False):
+               prefix_valid_BxS=None, return_kv=False, targets_BxT=None):
     """Logits, and with `return_kv` the tuple over layers of this call's (k, v) (k rotated).
+
+    targets_BxT: instead of logits return logp_BxT = log p(targets_BxT | tokens) at the last
+      T <= L positions (T = L: all of them), computed over chunks of
+      `config.logits_chunk_size` positions (`streamed_target_logprobs`). Targets outside
+      [0, V) are clipped into it, so padding may hold any id (weight it 0).
 
     valid_BxL: False marks keys no query may attend to (padding).
     positions_BxL: RoPE positions, default arange(L).
@@ -285,7 +386,8 @@ class Transformer(nn.Module):
       also attends to where valid (keys already rotated by their own positions).
     """
     c = self.config
-    self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS)
+    self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
+                       targets_BxT)
     B, L = tokens_BxL.shape
     if valid_BxL is None:
       valid_BxL = jnp.ones((B, L), bool)
@@ -317,8 +419,12 @@ class Transformer(nn.Module):
     else:
       head_DxV = _param(self, "head", (c.d_model, c.vocab_size), ("embed", "vocab"),
                         _fan_in())
-    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV.astype(x_BxLxD.dtype),
-                              preferred_element_type=jnp.float32)
-    if return_kv:
-      return logits_BxLxV, tuple(kv)
-    return logits_BxLxV
+    head_DxV = head_DxV.astype(x_BxLxD.dtype)
+    if targets_BxT is None:
+      out = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
+    else:
+      T = targets_BxT.shape[1]
+      out = streamed_target_logprobs(x_BxLxD[:, L - T:], head_DxV,
+                                     jnp.clip(targets_BxT, 0, c.vocab_size - 1),
+                                     chunk_size=c.logits_chunk_size)
+    return (out, tuple(kv)) if return_kv else out

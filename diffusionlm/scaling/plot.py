@@ -54,7 +54,8 @@ def _save(fig: Figure, out_path: str) -> str:
   return out_path
 
 
-def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str) -> str:
+def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str, *,
+                        ylabel: str = "validation loss") -> str:
   """Validation loss vs epochs, one line per (objective, U): the best loss over model sizes
   at each epoch count; every run is also drawn as a faint dot."""
   _check_rows(rows)
@@ -71,13 +72,14 @@ def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str) -> str:
     best = [loss[epochs == e].min() for e in unique_epochs]
     ax.plot(unique_epochs, best, linestyle=linestyle, marker=marker, color=colors[u],
             label=f"{objective}, U={u:.3g}")
-  ax.set(xscale="log", xlabel="epochs", ylabel="validation loss",
+  ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
          title="Validation loss vs epochs (best over N)")
   ax.legend(fontsize=7)
   return _save(fig, out_path)
 
 
-def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str) -> str:
+def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str, *,
+                       ylabel: str = "validation loss") -> str:
   """Validation loss vs training FLOPs per run, with each objective's lower envelope."""
   _check_rows(rows)
   styles = _styles(r["objective"] for r in rows)
@@ -92,14 +94,14 @@ def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str) -> str:
     ax.scatter(flops, loss, color=colors[objective], marker=marker, alpha=0.5, s=14)
     ax.plot(flops[order], np.minimum.accumulate(loss[order]), linestyle=linestyle,
             color=colors[objective], label=f"{objective} (envelope)")
-  ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation loss",
+  ax.set(xscale="log", xlabel="training FLOPs", ylabel=ylabel,
          title="Validation loss vs compute")
   ax.legend(fontsize=8)
   return _save(fig, out_path)
 
 
 def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
-             out_path: str) -> str:
+             out_path: str, *, ylabel: str = "validation loss") -> str:
   """Runs (dots) and the fitted law (lines) vs epochs, one panel per fitted objective and
   one colour per (U, N)."""
   _check_rows(rows)
@@ -120,7 +122,7 @@ def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
       ax.plot(grid, fit_lib.predict(fit, n, grid * u, u), color=colors[(u, n)],
               label=f"U={u:.3g}, N={n:.3g}")
     r2 = "" if np.isnan(fit.r2) else f", R^2={fit.r2:.3f}"
-    ax.set(xscale="log", xlabel="epochs", ylabel="validation loss",
+    ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
            title=f"{objective}: R_D*={fit.rd_star:.3g}, R_N*={fit.rn_star:.3g}{r2}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=6)

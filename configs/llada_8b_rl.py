@@ -1,0 +1,39 @@
+"""d1 on LLaDA-8B-Instruct: diffu-GRPO (Zhao et al. 2025) on GSM8K at full scale.
+
+  python -m diffusionlm.convert --hf_dir=LLaDA-8B-Instruct --out=runs/llada_8b_instruct \
+      --config=configs/llada_8b.py
+  python -m diffusionlm.rl --config=configs/llada_8b_rl.py:runs/llada_8b_instruct \
+      --workdir=runs/d1_gsm8k --config.data.source_path=data/gsm8k
+
+The argument is the converted (or an SFT) run directory: the RL run starts from its
+parameters, which also stay frozen as the reference policy, and takes its model and
+tokenizer from its config.json. d1's settings (configs/rl_sudoku.py:rl_defaults): G = 6
+samples per prompt, mu = 12 updates per rollout, beta = 0.04, clip 0.5, prompt masking 0.15,
+generation 256 tokens in blocks of 32 with 128 steps, learning rate 3e-6. Systems as
+configs/llada_8b.py (parameters, optimizer state and the reference sharded over all devices).
+A rollout's num_prompts_per_step * num_generations / num_micro_batches rows must be a
+multiple of the device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
+--config.rl.num_prompts_per_step=32.
+"""
+from configs import llada_8b, rl_sudoku
+
+
+def get_config(arg: str | None = None):
+  c = llada_8b.get_config(arg)
+  c.objective = "sft"  # A masked-diffusion model; the diffu-GRPO loss replaces the objective.
+  c.rl = rl_sudoku.rl_defaults()  # d1's G, mu, beta, clip, p_mask_prompt and sampler.
+  c.rl.task = "gsm8k"
+  c.rl.num_prompts_per_step = 16
+  c.rl.num_micro_batches = 2
+  c.rl.eval_every_steps = 100
+  c.rl.eval_split = "test"
+  c.rl.num_eval_examples = 256
+  c.rl.eval_batch_size = 64
+  c.global_batch_size = c.rl.num_prompts_per_step * c.rl.num_generations
+  c.num_train_steps = 2000  # RL steps (rollouts); each makes rl.num_iterations updates.
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 50
+  c.optimizer.lr = 3e-6
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay = "constant"
+  return c

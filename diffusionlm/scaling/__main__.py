@@ -1,0 +1,188 @@
+"""Data-constrained scaling curves, one command per stage.
+
+  python -m diffusionlm.scaling sweep   --sweep_config=configs/scaling_X.py --root=DIR
+  python -m diffusionlm.scaling sweep   --sweep_config=... --root=DIR --print_commands
+  python -m diffusionlm.scaling collect --root=DIR [--sweep_config=...]   -> DIR/runs.csv
+  python -m diffusionlm.scaling fit     --root=DIR                        -> DIR/fit.json
+  python -m diffusionlm.scaling plot    --root=DIR                        -> DIR/plots/*.png
+
+`sweep` trains every run of the grid one after another (finished runs are skipped, an
+interrupted one resumes) or prints one launch command per run. `collect` reads each run's
+summary.json and metrics.jsonl into one CSV. `fit` fits the law of Muennighoff et al. (2023)
+to AR and diffusion separately and finds the critical compute C_crit(U) above which
+diffusion beats AR (Prabhudesai et al., 2025). `plot` draws loss vs epochs, loss vs FLOPs
+and the fitted law. Sweep-config fields can be overridden: --sweep_config.epochs=1,4,16.
+"""
+import json
+import math
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from diffusionlm.scaling import sweep as sweep_lib
+
+COMMANDS = ("sweep", "collect", "fit", "plot")
+LOSS_COLUMNS = ("best_bits_per_token", "final_bits_per_token", "best_nats", "final_nats")
+
+_SWEEP = config_flags.DEFINE_config_file("sweep_config", None, "Sweep config file.")
+_ROOT = flags.DEFINE_string("root", None, "Directory holding one workdir per run.")
+_PRINT = flags.DEFINE_bool("print_commands", False,
+                           "sweep: print one launch command per unfinished run; train nothing.")
+_LAUNCHER = flags.DEFINE_string(
+    "launcher", "", "sweep --print_commands: script taking CONFIG WORKDIR [overrides], e.g. "
+    "'launch/local_multiprocess.sh 2'; default: python -m diffusionlm.train.")
+_CSV = flags.DEFINE_string("csv", None, "The runs table; default ROOT/runs.csv.")
+_FLOPS = flags.DEFINE_enum("flops", "six_n_with_embedding", sweep_lib.FLOP_KINDS,
+                           "collect: the count in the `flops` column (all three are kept).")
+_LOSS = flags.DEFINE_enum("loss", "best_bits_per_token", LOSS_COLUMNS,
+                          "fit/plot: the validation-loss column used as L.")
+_FIT_RN = flags.DEFINE_bool("fit_rn_star", True,
+                            "fit: also fit R_N* (turn off when the sweep barely varies N).")
+_FIT_JSON = flags.DEFINE_string("fit_json", None, "Fit output/input; default ROOT/fit.json.")
+_PLOT_DIR = flags.DEFINE_string("plot_dir", None, "plot: where PNGs go; default ROOT/plots.")
+
+
+def _path(flag, default_name: str) -> str:
+  return flag.value or os.path.join(_ROOT.value, default_name)
+
+
+def _sweep_runs():
+  if _SWEEP.value is None:
+    raise app.UsageError("--sweep_config is required for `sweep`")
+  return sweep_lib.expand(_SWEEP.value, _ROOT.value)
+
+
+def do_sweep() -> None:
+  runs = _sweep_runs()
+  if _PRINT.value:
+    for run in runs:
+      if not sweep_lib.is_finished(run):
+        print(sweep_lib.launch_command(run, launcher=_LAUNCHER.value))
+    return
+  steps = sum(r.config.num_train_steps for r in runs)
+  print(f"Sweep: {len(runs)} runs, {steps} steps in all, under {_ROOT.value}", flush=True)
+  trained = sweep_lib.run_locally(
+      runs, compilation_cache_dir=os.path.join(os.path.abspath(_ROOT.value), ".jax_cache"))
+  finished = sum(os.path.exists(os.path.join(r.workdir, "summary.json")) for r in runs)
+  print(f"Trained {len(trained)} runs; {finished} of {len(runs)} are finished.")
+
+
+def do_collect() -> None:
+  if _SWEEP.value is not None:
+    workdirs = [run.workdir for run in sweep_lib.expand(_SWEEP.value, _ROOT.value)]
+  else:
+    workdirs = sweep_lib.find_runs(_ROOT.value)
+  rows, missing = sweep_lib.collect(workdirs, flops_kind=_FLOPS.value)
+  for workdir in missing:
+    print(f"not finished, left out: {workdir}")
+  if not rows:
+    raise app.UsageError(f"no finished runs under {_ROOT.value}")
+  path = sweep_lib.write_csv(rows, _path(_CSV, "runs.csv"))
+  print(f"{len(rows)} runs -> {path}")
+
+
+def _fit_rows(path: str):
+  rows = sweep_lib.read_csv(path)
+  if _LOSS.value not in rows[0]:
+    raise ValueError(f"{path}: no column {_LOSS.value!r} for --loss")
+  return [{**r, "loss": r[_LOSS.value]} for r in rows]
+
+
+def _json_number(x: float):
+  """inf -> "inf" and nan -> null, so fit.json stays strict JSON."""
+  if math.isinf(x):
+    return "inf" if x > 0 else "-inf"
+  return None if math.isnan(x) else x
+
+
+def do_fit() -> None:
+  from diffusionlm.scaling import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  csv_path = _path(_CSV, "runs.csv")
+  rows = _fit_rows(csv_path)
+  fits, out = {}, {"csv": csv_path, "loss": _LOSS.value, "fits": {}, "errors": {},
+                   "critical_compute": {}, "critical_compute_note": (
+                       "C = 6 N D with N counting all parameters (embeddings included); "
+                       "null where the fitted laws do not cross")}
+  for objective in sorted({r["objective"] for r in rows}):
+    points = [r for r in rows if r["objective"] == objective]
+    try:
+      fits[objective] = fit_lib.fit_data_constrained(points, fit_rn_star=_FIT_RN.value)
+    except ValueError as e:
+      out["errors"][objective] = str(e)
+      print(f"{objective}: no fit ({e})")
+      continue
+    out["fits"][objective] = {k: _json_number(v) if isinstance(v, float) else v
+                              for k, v in vars(fits[objective]).items()}
+  for objective, fit in fits.items():
+    print(f"{objective:>4}: E={fit.E:.4g} A={fit.A:.4g} B={fit.B:.4g} alpha={fit.alpha:.3f} "
+          f"beta={fit.beta:.3f} R_D*={fit.rd_star:.4g} R_N*={fit.rn_star:.4g} "
+          f"R^2={fit.r2:.3f} (stage 1 {fit.r2_stage1:.3f}, repeated {fit.r2_repeated:.3f}; "
+          f"{fit.num_points} runs)")
+  if "ar" in fits and "mdm" in fits:
+    for u in sorted({r["U"] for r in rows}):
+      try:
+        c_crit = fit_lib.critical_compute(fits["ar"], fits["mdm"], u)
+        out["critical_compute"][f"{u:g}"] = c_crit
+        print(f"C_crit(U={u:g}) = {c_crit:.4g} FLOPs")
+      except ValueError as e:
+        out["critical_compute"][f"{u:g}"] = None
+        out["errors"][f"critical_compute U={u:g}"] = str(e)
+        print(f"C_crit(U={u:g}): undefined ({e})")
+  path = _path(_FIT_JSON, "fit.json")
+  with open(path, "w") as f:
+    json.dump(out, f, indent=2, sort_keys=True)
+  print(f"-> {path}")
+
+
+def _from_json_number(v):
+  """Inverse of `_json_number`."""
+  if v is None:
+    return math.nan
+  return float(v) if isinstance(v, str) else v
+
+
+def read_fits(path: str) -> dict:
+  """FitResults by objective from a fit.json written by `fit`."""
+  from diffusionlm.scaling import fit as fit_lib  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    saved = json.load(f)["fits"]
+  return {objective: fit_lib.FitResult(**{k: _from_json_number(v) for k, v in constants.items()})
+          for objective, constants in saved.items()}
+
+
+def do_plot() -> None:
+  from diffusionlm.scaling import plot  # pylint: disable=g-import-not-at-top
+  rows = _fit_rows(_path(_CSV, "runs.csv"))
+  out_dir = _path(_PLOT_DIR, "plots")
+  label = f"validation loss ({_LOSS.value.replace('_', ' ')})"
+  paths = [plot.plot_loss_vs_epochs(rows, os.path.join(out_dir, "loss_vs_epochs.png"),
+                                    ylabel=label),
+           plot.plot_loss_vs_flops(rows, os.path.join(out_dir, "loss_vs_flops.png"),
+                                   ylabel=label)]
+  fit_path = _path(_FIT_JSON, "fit.json")
+  if os.path.exists(fit_path):
+    fits = read_fits(fit_path)
+    if fits:
+      paths.append(plot.plot_fit(rows, fits, os.path.join(out_dir, "fit.png"), ylabel=label))
+  else:
+    print(f"{fit_path} not found: run `fit` first for the fitted-law plot")
+  for path in paths:
+    print(f"-> {path}")
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: python -m diffusionlm.scaling {'|'.join(COMMANDS)} "
+                         "--root=DIR [flags]")
+  if not _ROOT.value:
+    raise app.UsageError("--root is required")
+  if not flags.FLAGS["verbosity"].present:  # Library INFO logs drown the progress bars.
+    logging.set_verbosity(logging.WARNING)
+  {"sweep": do_sweep, "collect": do_collect, "fit": do_fit, "plot": do_plot}[argv[1]]()
+
+
+if __name__ == "__main__":
+  app.run(main)

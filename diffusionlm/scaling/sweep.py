@@ -1,0 +1,395 @@
+"""A data-constrained sweep: one config -> runs over objective x model x U x epochs.
+
+A sweep config (see configs/scaling_tiny.py) holds a full training config `train` and the
+axes of the grid (Prabhudesai et al., 2025, Sec. 3; Muennighoff et al., 2023, Sec. 4):
+
+  objectives     ("mdm", "ar")
+  models         ladder of sizes, "d<d_model>l<num_layers>"; heads = d_model // head_dim,
+                 mlp_dim = mlp_ratio * d_model
+  unique_tokens  U, the data budget (data.unique_tokens; the first U tokens, repeated)
+  epochs         passes over U; or total_tokens D (then epochs = D / U)
+
+Each run trains for num_train_steps = round(epochs * (U // seq_len) / global_batch_size),
+so D = num_train_steps * global_batch_size * seq_len tokens, evaluates the validation split
+`evals_per_run` times, and lives in ROOT/<name>, e.g. `ar-d64l2-U100k-E8`.
+
+`run_locally` trains them one after another; a run with summary.json is done and skipped,
+an interrupted one resumes from its checkpoint. `launch_commands` gives one shell command
+per run for a cluster. `collect` turns finished runs into rows of one table (CSV).
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import signal
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import logging
+import ml_collections
+
+from configs import base
+
+_MODEL_NAME = re.compile(r"d(\d+)l(\d+)")
+_TRAIN_CONFIG_FILE = "configs/base.py"  # Launch commands override every other field.
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One cell of the grid: its name, workdir and full training config."""
+  name: str
+  workdir: str
+  config: ml_collections.ConfigDict
+
+
+def _flat_items(values: Iterable) -> list:
+  """Axis values, splitting "a,b" strings (an unquoted tuple flag arrives as one string)."""
+  out = []
+  for value in values:
+    if isinstance(value, str):
+      out.extend(v.strip() for v in value.split(",") if v.strip())
+    else:
+      out.append(value)
+  return out
+
+
+def _short(x: float) -> str:
+  """Compact decimal: 100000 -> 100k, 2000000 -> 2M, 16384 -> 16384, 0.5 -> 0.5."""
+  for div, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+    if x >= div and x % div == 0:
+      return f"{x // div:g}{suffix}"
+  return f"{x:g}"
+
+
+def parse_model(name: str, *, head_dim: int, mlp_ratio: float) -> dict[str, int]:
+  """"d64l2" -> the config.model fields of a d_model=64, 2-layer model."""
+  match = _MODEL_NAME.fullmatch(name)
+  if not match:
+    raise ValueError(f"sweep model {name!r}: expected d<d_model>l<num_layers>, e.g. 'd64l2'")
+  d_model, num_layers = int(match[1]), int(match[2])
+  if d_model % head_dim:
+    raise ValueError(f"sweep model {name!r}: d_model={d_model} is not a multiple of "
+                     f"head_dim={head_dim}")
+  return {"d_model": d_model, "num_layers": num_layers, "num_heads": d_model // head_dim,
+          "mlp_dim": int(round(mlp_ratio * d_model))}
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
+def _check_axes(sweep: ml_collections.ConfigDict):
+  """(objectives, models, unique_tokens, epochs or None, total_tokens or None), validated."""
+  objectives = _flat_items(sweep.objectives)
+  models = _flat_items(sweep.models)
+  unique = [int(u) for u in _flat_items(sweep.unique_tokens)]
+  epochs = [float(e) for e in _flat_items(sweep.epochs)]
+  totals = [int(d) for d in _flat_items(sweep.get("total_tokens", ()))]
+  for field, values in (("objectives", objectives), ("models", models),
+                        ("unique_tokens", unique)):
+    if not values:
+      raise ValueError(f"sweep_config.{field} is empty")
+  bad = [o for o in objectives if o not in ("mdm", "ar")]
+  if bad:
+    raise ValueError(f"sweep_config.objectives: {bad} are not pretraining objectives "
+                     "('mdm', 'ar')")
+  if bool(epochs) == bool(totals):
+    raise ValueError("give exactly one of sweep_config.epochs and sweep_config.total_tokens")
+  for field, values in (("unique_tokens", unique), ("epochs", epochs),
+                        ("total_tokens", totals)):
+    if any(not v > 0 for v in values):
+      raise ValueError(f"sweep_config.{field}={tuple(values)} must all be positive")
+  return objectives, models, unique, epochs or None, totals or None
+
+
+def expand(sweep: ml_collections.ConfigDict, root: str) -> list[Run]:
+  """The runs of a sweep config, ordered by model, U, epochs (or D), then objective, so
+  the cheap runs of both objectives finish first."""
+  objectives, models, unique, epochs, totals = _check_axes(sweep)
+  train = sweep.train
+  seq_len, batch = int(train.data.seq_len), int(train.global_batch_size)
+  sizes = {m: parse_model(m, head_dim=sweep.head_dim, mlp_ratio=sweep.mlp_ratio) for m in models}
+  runs = []
+  for model in models:
+    for u in unique:
+      rows = u // seq_len
+      if rows < batch:
+        raise ValueError(f"sweep_config.unique_tokens={u} holds {rows} sequences of "
+                         f"seq_len={seq_len}, fewer than global_batch_size={batch}")
+      amounts = [("E", e, e) for e in epochs] if epochs else [
+          ("D", d, d / (rows * seq_len)) for d in totals]
+      for tag, amount, num_epochs in amounts:
+        steps = max(1, round(num_epochs * rows / batch))
+        every = max(1, math.ceil(steps / sweep.evals_per_run))
+        for objective in objectives:
+          overrides = {
+              "objective": objective,
+              "data.unique_tokens": u,
+              "num_train_steps": steps,
+              "eval_every_steps": every,
+              "log_every_steps": min(int(train.log_every_steps), every),
+              "checkpoint_every_steps": max(1, math.ceil(steps / sweep.checkpoints_per_run)),
+              "optimizer.warmup_steps": min(int(train.optimizer.warmup_steps),
+                                            int(sweep.max_warmup_fraction * steps)),
+              **{f"model.{k}": v for k, v in sizes[model].items()},
+          }
+          config = ml_collections.ConfigDict(train.to_dict())
+          for key, value in overrides.items():
+            _set(config, key, value)
+          name = f"{objective}-{model}-U{_short(u)}-{tag}{_short(amount)}"
+          runs.append(Run(name, os.path.join(root, name), config))
+  names = [r.name for r in runs]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"sweep config has duplicate runs: {duplicates}")
+  return runs
+
+
+def _differences(run: Run) -> list[str]:
+  """Fields where the config.json in run.workdir differs from run.config.
+
+  Fields the saved config lacks (added to configs/base.py since) are not compared.
+  """
+  with open(os.path.join(run.workdir, "config.json")) as f:
+    saved = _flatten(json.load(f))
+  wanted = _flatten(run.config.to_dict())
+  diffs = []
+  for key, value in wanted.items():
+    if key not in saved or (key == "model.vocab_size" and not value):
+      continue  # vocab_size 0: the trainer took it from the tokenizer.
+    old = saved[key]
+    if isinstance(value, tuple):
+      value = list(value)
+    if old != value:
+      diffs.append(f"{key}: {old!r} -> {value!r}")
+  return diffs
+
+
+def is_finished(run: Run) -> bool:
+  """True if run.workdir holds a finished run (summary.json) of exactly run.config."""
+  if not os.path.exists(os.path.join(run.workdir, "summary.json")):
+    return False
+  diffs = _differences(run)
+  if diffs:
+    raise ValueError(f"{run.workdir} holds a finished run of a different config "
+                     f"({'; '.join(diffs)}); use another --root or remove it")
+  return True
+
+
+class _StopRequest:
+  """SIGTERM between runs -> stop before the next run (the trainer handles it within one)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.getsignal(signal.SIGTERM)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def install(self):
+    signal.signal(signal.SIGTERM, self._handler)
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def run_locally(runs: Sequence[Run], *, train_fn=None,
+                compilation_cache_dir: str | None = None) -> list[str]:
+  """Trains the unfinished runs one after another; returns the names it trained.
+
+  Finished runs (summary.json) are skipped, so rerunning a finished sweep trains nothing;
+  an interrupted run resumes from its newest checkpoint. SIGTERM stops the sweep: within a
+  run the trainer saves a checkpoint and returns without a summary, between runs the next
+  run is not started. `train_fn(config, workdir)` defaults to the trainer.
+  `compilation_cache_dir` turns on JAX's persistent compilation cache (unless one is set
+  already): runs of one model share programs, which cuts each run's start from ~50 s to
+  ~10 s on a loaded 2-core CPU.
+  """
+  if compilation_cache_dir:
+    import jax  # pylint: disable=g-import-not-at-top
+    if not jax.config.jax_compilation_cache_dir:
+      jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  if train_fn is None:
+    from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
+    train_fn = trainer.train_and_evaluate
+  stop = _StopRequest()
+  trained, stopped = [], False
+  try:
+    for i, run in enumerate(runs):
+      if is_finished(run):
+        logging.info("[%d/%d] %s: finished, skipped.", i + 1, len(runs), run.name)
+        continue
+      stop.install()  # Within a run, the trainer's own handler takes over.
+      if stop.requested:
+        stopped = True
+        break
+      print(f"[{i + 1}/{len(runs)}] {run.name}: {run.config.num_train_steps} steps", flush=True)
+      train_fn(run.config, run.workdir)
+      trained.append(run.name)
+      if not os.path.exists(os.path.join(run.workdir, "summary.json")):
+        stopped = True
+        break
+  finally:
+    stop.restore()
+  if stopped:
+    print("Sweep stopped before its end (SIGTERM); rerun the same command to resume.",
+          flush=True)
+  return trained
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return shlex.quote(repr(value) if isinstance(value, (float, tuple)) else str(value))
+
+
+def launch_command(run: Run, *, launcher: str = "") -> str:
+  """A shell command training `run`: `python -m diffusionlm.train --config=configs/base.py
+  --workdir=... --config.x=y ...` with every field that differs from configs/base.py.
+
+  `launcher` (e.g. "launch/local_multiprocess.sh 2") replaces `python -m diffusionlm.train`
+  and takes CONFIG WORKDIR [overrides] positionally, as the launch/ scripts do.
+  """
+  defaults = _flatten(base.get_config().to_dict())
+  fields = [f"--config.{k}={_flag_value(v)}" for k, v in _flatten(run.config.to_dict()).items()
+            if k not in defaults or defaults[k] != v]
+  workdir = shlex.quote(run.workdir)
+  head = (f"{launcher} {_TRAIN_CONFIG_FILE} {workdir}" if launcher else
+          f"python -m diffusionlm.train --config={_TRAIN_CONFIG_FILE} --workdir={workdir}")
+  return " ".join([head, *fields])
+
+
+# ---- Collect ------------------------------------------------------------------------
+
+FLOP_KINDS = ("six_n_with_embedding", "six_n", "exact")
+COLUMNS = ("name", "objective", "model", "d_model", "num_layers", "N", "N_nonembedding",
+           "U", "epochs", "D", "steps", "flops", "flops_six_n_with_embedding", "flops_six_n",
+           "flops_exact", "final_bits_per_token", "best_bits_per_token", "final_nats",
+           "best_nats", "num_evals")
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  rows = []
+  with open(path) as f:
+    for line_no, line in enumerate(f, start=1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}, line {line_no}: not JSON ({e.msg})") from None
+  return rows
+
+
+def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[str, Any]:
+  """One CSV row from WORKDIR/{config,summary}.json and metrics.jsonl.
+
+  U is the budget the pipeline really used (whole sequences: (U // seq_len) * seq_len),
+  D the tokens trained on, epochs = D / U. Losses are the validation bits per token of
+  metrics.jsonl (final = last eval, best = lowest) and the same in nats.
+  """
+  if flops_kind not in FLOP_KINDS:
+    raise ValueError(f"flops_kind must be one of {FLOP_KINDS}, got {flops_kind!r}")
+  paths = {k: os.path.join(workdir, f) for k, f in
+           (("config", "config.json"), ("summary", "summary.json"), ("metrics", "metrics.jsonl"))}
+  for key, path in paths.items():
+    if not os.path.exists(path):
+      raise ValueError(f"{workdir}: no {os.path.basename(path)} (is the run finished?)")
+  with open(paths["config"]) as f:
+    config = json.load(f)
+  with open(paths["summary"]) as f:
+    summary = json.load(f)
+  evals = [r["eval/bits_per_token"] for r in _read_jsonl(paths["metrics"])
+           if "eval/bits_per_token" in r]
+  if not evals:
+    raise ValueError(f"{paths['metrics']}: no eval/bits_per_token line (eval_every_steps=0?)")
+  seq_len, unique = config["data"]["seq_len"], config["data"]["unique_tokens"]
+  if not unique:
+    raise ValueError(f"{paths['config']}: data.unique_tokens is 0 (not a data-constrained run)")
+  u = (unique // seq_len) * seq_len
+  d = summary["tokens_seen"]
+  per_token = summary["flops_per_token"]
+  model = config["model"]
+  final, best = evals[-1], min(evals)
+  return {
+      "name": os.path.basename(os.path.normpath(workdir)), "objective": summary["objective"],
+      "model": f"d{model['d_model']}l{model['num_layers']}", "d_model": model["d_model"],
+      "num_layers": model["num_layers"], "N": summary["num_params"],
+      "N_nonembedding": summary["num_nonembedding_params"], "U": u, "epochs": d / u, "D": d,
+      "steps": summary["step"], "flops": per_token[flops_kind] * d,
+      **{f"flops_{k}": per_token[k] * d for k in FLOP_KINDS},
+      "final_bits_per_token": final, "best_bits_per_token": best,
+      "final_nats": final * math.log(2), "best_nats": best * math.log(2),
+      "num_evals": len(evals),
+  }
+
+
+def collect(workdirs: Sequence[str], *, flops_kind: str = "six_n_with_embedding"
+            ) -> tuple[list[dict], list[str]]:
+  """(rows of the finished runs, workdirs without summary.json)."""
+  rows, missing = [], []
+  for workdir in workdirs:
+    if os.path.exists(os.path.join(workdir, "summary.json")):
+      rows.append(read_run(workdir, flops_kind=flops_kind))
+    else:
+      missing.append(workdir)
+  return rows, missing
+
+
+def find_runs(root: str) -> list[str]:
+  """Workdirs directly under `root` that hold a summary.json, sorted by name."""
+  if not os.path.isdir(root):
+    raise ValueError(f"--root={root!r} is not a directory")
+  return sorted(os.path.join(root, n) for n in os.listdir(root)
+                if os.path.exists(os.path.join(root, n, "summary.json")))
+
+
+def write_csv(rows: Sequence[Mapping], path: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def read_csv(path: str) -> list[dict[str, Any]]:
+  """Rows of a collect CSV: numbers as int (written without a point) or float, text as str."""
+  if not os.path.exists(path):
+    raise ValueError(f"{path}: no such CSV (run `collect` first)")
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    fieldnames = reader.fieldnames or ()
+    missing = [c for c in ("objective", "N", "U", "D", "epochs") if c not in fieldnames]
+    if missing:
+      raise ValueError(f"{path}: columns {missing} are missing")
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+      row = {}
+      for key, text in raw.items():
+        try:
+          value = float(text)
+          row[key] = int(value) if value.is_integer() and "." not in text else value
+        except (TypeError, ValueError):
+          row[key] = text
+      for key in ("N", "U", "D", "epochs"):
+        if not isinstance(row[key], (int, float)):
+          raise ValueError(f"{path}, line {line_no}: {key}={row[key]!r} is not a number")
+      rows.append(row)
+  return rows

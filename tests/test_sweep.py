@@ -1,0 +1,228 @@
+"""Sweeps: grid expansion, resume of a finished sweep, collect, and the CLI's fit and plot."""
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+import pytest
+
+from configs import scaling_tiny
+from diffusionlm.scaling import flops
+from diffusionlm.scaling import fit as fit_lib
+from diffusionlm.scaling import sweep
+from diffusionlm.train import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("the", "king", "queen", "sword", "night", "love", "death", "crown", "speak", "now")
+
+
+def _corpus(path) -> str:
+  """A seeded text of random 6-word lines: enough for 16-token rows and a validation split."""
+  rng = np.random.default_rng(0)
+  lines = [" ".join(rng.choice(WORDS, size=6)) + "\n" for _ in range(300)]
+  path.write_text("".join(lines))
+  return str(path)
+
+
+def _tiny_sweep(tmp_path):
+  c = scaling_tiny.get_config()
+  c.source_path = _corpus(tmp_path / "corpus.txt")
+  c.data_dir = str(tmp_path / "tfds")
+  return c
+
+
+def test_expand_grid_names_and_run_configs(tmp_path):
+  c = _tiny_sweep(tmp_path)
+  c.models = ("d16l1,d32l2",)  # An unquoted tuple flag arrives as one "a,b" string.
+  c.unique_tokens = (256, 100_000)
+  c.epochs = (1, 2.5, 8)
+  runs = sweep.expand(c, "root")
+  assert len(runs) == 2 * 2 * 2 * 3
+  assert len({r.name for r in runs}) == len(runs)
+  assert runs[0].name == "mdm-d16l1-U256-E1" and runs[-1].name == "ar-d32l2-U100k-E8"
+  assert "mdm-d32l2-U100k-E2.5" in [r.name for r in runs]
+  seq_len, batch = 16, 8
+  for run in runs:
+    objective, model, u_tag, e_tag = run.name.split("-")
+    t = run.config
+    assert run.workdir == os.path.join("root", run.name)
+    assert t.objective == objective
+    u, epochs = t.data.unique_tokens, float(e_tag[1:])
+    assert u_tag == {256: "U256", 100_000: "U100k"}[u]
+    # Steps: epochs over the U // seq_len unique sequences, global_batch_size per step.
+    assert t.num_train_steps == max(1, round(epochs * (u // seq_len) / batch))
+    assert 2 <= math.ceil(t.num_train_steps / t.eval_every_steps) <= c.evals_per_run
+    assert t.optimizer.warmup_steps <= c.max_warmup_fraction * t.num_train_steps
+    d_model, layers = {"d16l1": (16, 1), "d32l2": (32, 2)}[model]
+    assert (t.model.d_model, t.model.num_layers) == (d_model, layers)
+    assert t.model.num_heads * c.head_dim == d_model and t.model.mlp_dim == 2 * d_model
+    assert t.data.source_path == c.source_path  # The sweep field reaches every run.
+  # When U is a whole number of batches, D = steps * B * seq_len is exactly epochs * U.
+  whole = [r for r in runs if r.config.data.unique_tokens == 256]
+  for run in whole:
+    d = run.config.num_train_steps * batch * seq_len
+    assert d == pytest.approx(float(run.name.split("-E")[1]) * 256, abs=batch * seq_len / 2)
+
+
+def test_expand_total_tokens_and_errors(tmp_path):
+  c = _tiny_sweep(tmp_path)
+  c.epochs, c.total_tokens = (), (1024, 4096)
+  runs = sweep.expand(c, "root")
+  assert [r.name for r in runs] == ["mdm-d16l1-U256-D1024", "ar-d16l1-U256-D1024",
+                                    "mdm-d16l1-U256-D4096", "ar-d16l1-U256-D4096"]
+  assert [r.config.num_train_steps for r in runs] == [8, 8, 32, 32]  # D / (8 * 16).
+  c.epochs = (1,)
+  with pytest.raises(ValueError, match="exactly one of sweep_config.epochs"):
+    sweep.expand(c, "root")
+  c.total_tokens = ()
+  for field, value, message in (
+      ("models", ("64x2",), "expected d<d_model>l<num_layers>"),
+      ("models", ("d20l1",), "not a multiple of head_dim=8"),
+      ("unique_tokens", (64,), "fewer than global_batch_size=8"),
+      ("objectives", ("sft",), "not pretraining objectives"),
+      ("epochs", (0,), "must all be positive")):
+    bad = _tiny_sweep(tmp_path)
+    bad[field] = value
+    with pytest.raises(ValueError, match=message):
+      sweep.expand(bad, "root")
+
+
+def test_launch_command_reproduces_the_run_config(tmp_path, monkeypatch):
+  """Parsing a printed command with the trainer's own flag gives back the run's config."""
+  for run in sweep.expand(_tiny_sweep(tmp_path), str(tmp_path / "root")):
+    argv = shlex.split(sweep.launch_command(run))
+    assert argv[:4] == ["python", "-m", "diffusionlm.train", "--config=configs/base.py"]
+    assert argv[4] == f"--workdir={run.workdir}"
+    argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'base.py')}"] + argv[5:]
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from here.
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv)
+    fv(argv)
+    assert fv.config.to_dict() == run.config.to_dict()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """The tiny sweep trained once, at one epoch: an mdm and an ar run of 2 steps each."""
+  tmp = tmp_path_factory.mktemp("sweep")
+  c = _tiny_sweep(tmp)
+  c.epochs = (1,)
+  runs = sweep.expand(c, str(tmp / "root"))
+  with pytest.MonkeyPatch.context() as mp:  # MFU's peak matmul is 2 s a run; not needed.
+    mp.setattr(metrics, "measure_matmul_peak", lambda: 1e12)
+    trained = sweep.run_locally(runs)
+  assert trained == [r.name for r in runs]
+  return c, runs
+
+
+def _mtimes(root):
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(root) for f in files}
+
+
+def test_rerunning_a_finished_sweep_trains_nothing(finished):
+  c, runs = finished
+  root = os.path.dirname(runs[0].workdir)
+  before = _mtimes(root)
+  assert sweep.run_locally(runs) == []  # The real trainer: nothing is touched.
+  assert _mtimes(root) == before
+  # Only a run that lost its summary is trained again (resuming from its checkpoint).
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append((workdir, config.num_train_steps))
+    os.replace(os.path.join(workdir, "summary.moved"), os.path.join(workdir, "summary.json"))
+
+  os.replace(os.path.join(runs[1].workdir, "summary.json"),
+             os.path.join(runs[1].workdir, "summary.moved"))
+  assert sweep.run_locally(runs, train_fn=fake_train) == [runs[1].name]
+  assert calls == [(runs[1].workdir, runs[1].config.num_train_steps)]
+  # A finished run of a different config is an error, not silently reused.
+  c.train.optimizer.lr = 5e-3
+  with pytest.raises(ValueError, match=r"different config \(optimizer.lr: 0.001 -> 0.005\)"):
+    sweep.run_locally(sweep.expand(c, root))
+  c.train.optimizer.lr = 1e-3
+
+
+def test_collect_reads_every_finished_run(finished, tmp_path):
+  _, runs = finished
+  rows, missing = sweep.collect([r.workdir for r in runs] + [str(tmp_path / "absent")])
+  assert missing == [str(tmp_path / "absent")]
+  assert [r["name"] for r in rows] == [r.name for r in runs]
+  for row, run in zip(rows, runs):
+    t = run.config
+    with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
+      evals = [json.loads(l)["eval/bits_per_token"] for l in f if "eval/" in l]
+    assert row["final_bits_per_token"] == evals[-1] and row["best_bits_per_token"] == min(evals)
+    assert row["best_nats"] == pytest.approx(min(evals) * math.log(2), rel=1e-12)
+    assert row["num_evals"] == 2
+    assert (row["objective"], row["U"], row["steps"]) == (t.objective, 256, t.num_train_steps)
+    assert row["D"] == t.num_train_steps * 8 * 16 and row["epochs"] == row["D"] / 256
+    with open(os.path.join(run.workdir, "config.json")) as f:
+      vocab_size = json.load(f)["model"]["vocab_size"]  # The char tokenizer's.
+    model_cfg = type("M", (), {**t.model.to_dict(), "vocab_size": vocab_size})
+    assert row["N"] == flops.param_counts(model_cfg)["total"]
+    assert row["flops"] == 6 * row["N"] * row["D"] == row["flops_six_n_with_embedding"]
+    assert row["flops_exact"] == flops.flops_per_token(model_cfg, 16)["exact"] * row["D"]
+  assert [r["epochs"] for r in rows] == [1, 1] and rows[0]["N"] == rows[1]["N"]
+  path = sweep.write_csv(rows, str(tmp_path / "runs.csv"))
+  assert sweep.read_csv(path) == rows
+  # The CLI writes the same table, finding the runs under --root by itself.
+  root = os.path.dirname(runs[0].workdir)
+  subprocess.run([sys.executable, "-m", "diffusionlm.scaling", "collect", f"--root={root}"],
+                 check=True, cwd=REPO, capture_output=True)
+  by_name = sorted(rows, key=lambda r: r["name"])  # find_runs lists workdirs by name.
+  assert sweep.read_csv(os.path.join(root, "runs.csv")) == by_name
+
+
+# Two laws with the paper's repetition half-lives (AR ~15, diffusion ~500 epochs).
+LAWS = {"ar": fit_lib.FitResult(E=1.8, A=400.0, B=400.0, alpha=0.34, beta=0.28, rd_star=15.0),
+        "mdm": fit_lib.FitResult(E=1.9, A=450.0, B=450.0, alpha=0.34, beta=0.28,
+                                 rd_star=500.0)}
+
+
+def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
+  rows = []
+  for objective, law in LAWS.items():
+    for n in (1e6, 3e6, 1e7):
+      for u in (1e8, 3e8, 1e9):
+        for epochs in (1, 4, 16, 64, 256):
+          d = u * epochs
+          loss = float(fit_lib.predict(law, n, d, u))
+          rows.append({**dict.fromkeys(sweep.COLUMNS, 0), "name": f"{objective}{n}{u}{epochs}",
+                       "objective": objective, "N": n, "U": u, "D": d, "epochs": epochs,
+                       "flops": 6 * n * d, "best_bits_per_token": loss})
+  sweep.write_csv(rows, str(tmp_path / "runs.csv"))
+  cli = [sys.executable, "-m", "diffusionlm.scaling"]
+  out = subprocess.run(cli + ["fit", f"--root={tmp_path}", "--fit_rn_star=false"],
+                       check=True, cwd=REPO, capture_output=True, text=True).stdout
+  with open(tmp_path / "fit.json") as f:
+    saved = json.load(f)
+  for objective, law in LAWS.items():
+    got = saved["fits"][objective]
+    assert got["rd_star"] == pytest.approx(law.rd_star, rel=0.05), objective
+    assert got["alpha"] == pytest.approx(law.alpha, abs=0.01)
+    assert got["r2"] > 0.999 and got["rn_star"] == "inf" and got["num_points"] == 45
+  for u in (1e8, 3e8, 1e9):  # The crossing of the true laws, found from the fitted ones.
+    want = fit_lib.critical_compute(LAWS["ar"], LAWS["mdm"], u)
+    assert saved["critical_compute"][f"{u:g}"] == pytest.approx(want, rel=0.1)
+  assert "R_D*=" in out and "C_crit(U=1e+08)" in out
+  subprocess.run(cli + ["plot", f"--root={tmp_path}"], check=True, cwd=REPO, capture_output=True)
+  for name in ("loss_vs_epochs", "loss_vs_flops", "fit"):
+    with open(tmp_path / "plots" / f"{name}.png", "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_usage_errors(tmp_path):
+  cli = [sys.executable, "-m", "diffusionlm.scaling"]
+  res = subprocess.run(cli + ["train", f"--root={tmp_path}"], cwd=REPO, capture_output=True,
+                       text=True)
+  assert res.returncode != 0 and "sweep|collect|fit|plot" in res.stderr
+  res = subprocess.run(cli + ["fit", f"--root={tmp_path}"], cwd=REPO, capture_output=True,
+                       text=True)
+  assert res.returncode != 0 and "no such CSV" in res.stderr
