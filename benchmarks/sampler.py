@@ -39,7 +39,7 @@ _SPLIT = flags.DEFINE_string("split", "test", "Split whose prompts are completed
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 200, "Examples of the split.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Prompts per generation batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per mode (median reported).")
-_THRESHOLDS = flags.DEFINE_list("thresholds", ["0.9"], "Confidence thresholds of the "
+_THRESHOLDS = flags.DEFINE_list("thresholds", ["0.9", "0.99"], "Confidence thresholds of the "
                                 "threshold modes, one pair of rows each.")
 sampler_flags.define_flags()
 # A 4x4 Sudoku prompt is 25 characters; 39 more fill the quickstart's seq_len of 64 (the
@@ -77,8 +77,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   workdir = _WORKDIR.value or train_quickstart(_TRAIN_DIR.value, _DATA_DIR.value)
   settings = sampler_flags.flag_settings()
-  config, causal = sampler_flags.settings_for_run(workdir, gen_length=flags.FLAGS.gen_length,
-                                                  settings=settings)
+  try:
+    config, causal = sampler_flags.settings_for_run(
+        workdir, gen_length=flags.FLAGS.gen_length, settings=settings)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if causal:
     raise app.UsageError(f"{workdir} is an AR run; this benchmark compares diffusion modes.")
   given = [name for name in ("decoding", "cache", "threshold") if settings[name] is not None]

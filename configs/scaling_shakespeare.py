@@ -1,15 +1,15 @@
 """CPU-scale data-constrained sweep on tinyshakespeare: AR vs masked diffusion.
 
-2 objectives x 2 char-level models (d32l2 ~0.04M, d64l2 ~0.14M parameters) x 2 unique-token
-budgets (8k, 32k characters) x 5 epoch counts (0.5 to 64) = 40 runs, about 30-45 minutes on
-2 shared CPU cores. See docs/scaling.md for the results.
+2 objectives x 3 char-level models (d32l2, d48l2, d64l2: 0.04M to 0.14M parameters) x 2
+unique-token budgets (8k, 32k characters) x 5 epoch counts (0.5 to 64) = 60 runs, about 40
+minutes on 2 shared CPU cores. See docs/scaling.md for the results.
 
 python -m diffusionlm.scaling sweep --sweep_config=configs/scaling_shakespeare.py \
     --sweep_config.source_path=../shared/data/tinyshakespeare/input.txt \
     --root=runs/scaling_shakespeare
 
-`--sweep_config=configs/scaling_shakespeare.py:long` adds 4 runs in the same root: the small
-budget (U = 8k) for 256 epochs, to follow diffusion past the point where AR overfits (~12
+`--sweep_config=configs/scaling_shakespeare.py:long` adds 6 runs in the same root: the small
+budget (U = 8k) for 256 epochs, to follow diffusion past the point where AR overfits (~15
 minutes more).
 """
 import ml_collections
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- Axes of the grid (diffusionlm/scaling/sweep.py) ---------------------------
   c.objectives = ("mdm", "ar")
-  c.models = ("d32l2", "d64l2")  # d<d_model>l<num_layers>.
+  c.models = ("d32l2", "d48l2", "d64l2")  # d<d_model>l<num_layers>.
   c.head_dim = 16  # num_heads = d_model // head_dim.
   c.mlp_ratio = 4.0  # mlp_dim = mlp_ratio * d_model.
   c.unique_tokens = (8192, 32768)  # 16 and 64 steps of 8 x 64 characters per epoch.

@@ -109,8 +109,8 @@ def test_prompt_mask_statistics_and_fully_masked_completion():
   batch = _batch(1, rows=rows)
   seen = []
 
-  def spy(params, tokens_BxL, *, valid_BxL=None):
-    del params
+  def spy(params, tokens_BxL, *, valid_BxL=None, **unused):
+    del params, unused
     seen.append((np.asarray(tokens_BxL), np.asarray(valid_BxL)))
     return jnp.zeros(tokens_BxL.shape + (V,))
 
@@ -141,7 +141,7 @@ def test_prompt_mask_statistics_and_fully_masked_completion():
 
 def test_completion_logps_is_one_forward_of_the_masked_sequence():
   """logp = log_softmax(model(masked prompt + masks))[completion] at each scored position."""
-  cfg = transformer.TransformerConfig(vocab_size=V, d_model=32, num_layers=2, num_heads=2,
+  cfg = transformer.TransformerConfig(vocab_size=V, d_model=32, num_layers=1, num_heads=2,
                                       num_kv_heads=0, mlp_dim=64, rope_theta=1e4, norm_eps=1e-5,
                                       tie_embeddings=False, causal=False)
   model = transformer.Transformer(cfg)
@@ -233,6 +233,25 @@ def test_clipping_stops_the_gradient_exactly_where_it_should(toy_params, log_rat
   everything_clipped = {**batch, "advantages": jnp.abs(batch["advantages"]) * np.sign(log_ratio)}
   _, grads = _metrics_and_grad(toy_params, everything_clipped, key, 0.0, 0.5)
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
+
+
+def test_one_update_raises_the_probability_of_positive_advantage_completions(toy_params):
+  """Two completions of one prompt with disjoint tokens, A = +1 and -1: a small gradient
+  step on the loss raises the sequence log-prob of the first and lowers the second's. (The
+  policy starts near uniform; from a peaked one, pushing the negative completion down may
+  move mass anywhere, the first completion included.)"""
+  toy_params = {**toy_params, "out": 0.2 * toy_params["out"]}
+  batch, key = _batch(16, rows=2), jax.random.key(17)
+  batch = {**batch, "prompt": jnp.broadcast_to(batch["prompt"][:1], (2, P)),
+           "prompt_valid": jnp.broadcast_to(batch["prompt_valid"][:1], (2, P)),
+           "completion": jnp.array([[3, 4, 5, 6, EOS, EOS], [7, 8, 9, 10, 11, EOS]]),
+           "advantages": jnp.array([1.0, -1.0])}
+  logp_BxC, _ = _logps(toy_params, batch, key)
+  batch = {**batch, "old_logps": logp_BxC, "ref_logps": logp_BxC}
+  _, grads = _metrics_and_grad(toy_params, batch, key, 0.04, 0.2)
+  stepped = jax.tree.map(lambda p, g: p - 1e-2 * g, toy_params, grads)
+  change_B = _logps(stepped, batch, key)[0].sum(1) - logp_BxC.sum(1)
+  assert change_B[0] > 0 > change_B[1]
 
 
 def test_k3_kl_is_nonnegative_and_zero_at_the_reference(toy_params):

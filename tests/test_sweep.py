@@ -190,8 +190,8 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
   rows = []
   for objective, law in LAWS.items():
     for n in (1e6, 3e6, 1e7):
-      for u in (1e8, 3e8, 1e9):
-        for epochs in (1, 4, 16, 64, 256):
+      for u in (1e8, 1e9):
+        for epochs in (0.5, 1, 4, 16, 64, 256):
           d = u * epochs
           loss = float(fit_lib.predict(law, n, d, u))
           rows.append({**dict.fromkeys(sweep.COLUMNS, 0), "name": f"{objective}{n}{u}{epochs}",
@@ -199,18 +199,19 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
                        "flops": 6 * n * d, "best_bits_per_token": loss})
   sweep.write_csv(rows, str(tmp_path / "runs.csv"))
   cli = [sys.executable, "-m", "diffusionlm.scaling"]
-  out = subprocess.run(cli + ["fit", f"--root={tmp_path}", "--fit_rn_star=false"],
+  out = subprocess.run(cli + ["fit", f"--root={tmp_path}", "--fit_rn_star=false",
+                              "--num_starts=4"],
                        check=True, cwd=REPO, capture_output=True, text=True).stdout
   with open(tmp_path / "fit.json") as f:
     saved = json.load(f)
   for objective, law in LAWS.items():
     got = saved["fits"][objective]
-    assert got["rd_star"] == pytest.approx(law.rd_star, rel=0.05), objective
+    assert got["rd_star"] == pytest.approx(law.rd_star, rel=0.01), objective
     assert got["alpha"] == pytest.approx(law.alpha, abs=0.01)
-    assert got["r2"] > 0.999 and got["rn_star"] == "inf" and got["num_points"] == 45
-  for u in (1e8, 3e8, 1e9):  # The crossing of the true laws, found from the fitted ones.
+    assert got["r2"] > 0.999 and got["rn_star"] == "inf" and got["num_points"] == 36
+  for u in (1e8, 1e9):  # The crossing of the true laws, found from the fitted ones.
     want = fit_lib.critical_compute(LAWS["ar"], LAWS["mdm"], u)
-    assert saved["critical_compute"][f"{u:g}"] == pytest.approx(want, rel=0.1)
+    assert saved["critical_compute"][f"{u:g}"] == pytest.approx(want, rel=0.05)
   assert "R_D*=" in out and "C_crit(U=1e+08)" in out
   subprocess.run(cli + ["plot", f"--root={tmp_path}"], check=True, cwd=REPO, capture_output=True)
   for name in ("loss_vs_epochs", "loss_vs_flops", "fit"):
@@ -219,10 +220,11 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
 
 
 def test_cli_usage_errors(tmp_path):
-  cli = [sys.executable, "-m", "diffusionlm.scaling"]
-  res = subprocess.run(cli + ["train", f"--root={tmp_path}"], cwd=REPO, capture_output=True,
-                       text=True)
+  res = subprocess.run([sys.executable, "-m", "diffusionlm.scaling", "train",
+                        f"--root={tmp_path}"], cwd=REPO, capture_output=True, text=True)
   assert res.returncode != 0 and "sweep|collect|fit|plot" in res.stderr
-  res = subprocess.run(cli + ["fit", f"--root={tmp_path}"], cwd=REPO, capture_output=True,
-                       text=True)
-  assert res.returncode != 0 and "no such CSV" in res.stderr
+  with pytest.raises(ValueError, match="no such CSV"):
+    sweep.read_csv(str(tmp_path / "runs.csv"))
+  (tmp_path / "bad.csv").write_text("objective,N,U,D,epochs\nar,1e6,1e8,x,1\n")
+  with pytest.raises(ValueError, match=r"bad.csv, line 2: D='x' is not a number"):
+    sweep.read_csv(str(tmp_path / "bad.csv"))

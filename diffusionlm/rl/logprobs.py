@@ -44,7 +44,9 @@ def completion_logps(params, apply_fn, prompt_BxP, completion_BxC, key, *,
 
   logp_BxC[b, k] = log pi(completion[b, k] | masked prompt, fully masked completion) where
   completion_mask_BxC (see `completion_mask`), else 0; logp_BxC.sum(1) is the mean-field
-  sequence log-probability (d1 eq. 3). One forward pass on B x (P + C) tokens.
+  sequence log-probability (d1 eq. 3). One forward pass on B x (P + C) tokens, through
+  `losses.target_logprobs` (apply_fn may return logits, or the target log-probs streamed
+  over chunks: TransformerConfig.logits_chunk_size).
   """
   if prompt_BxP.ndim != 2 or completion_BxC.ndim != 2:
     raise ValueError(f"prompt_BxP {tuple(prompt_BxP.shape)} and completion_BxC "
@@ -62,9 +64,7 @@ def completion_logps(params, apply_fn, prompt_BxP, completion_BxC, key, *,
   valid_BxL = None
   if prompt_valid_BxP is not None:
     valid_BxL = jnp.concatenate([prompt_valid_BxP.astype(bool), jnp.ones((B, C), bool)], 1)
-  logits_BxCxV = apply_fn(params, tokens_BxL, valid_BxL=valid_BxL)[:, -C:]
-  logp_BxCxV = jax.nn.log_softmax(logits_BxCxV.astype(jnp.float32), axis=-1)
-  logp_BxC = jnp.take_along_axis(logp_BxCxV, completion_BxC[..., None].astype(jnp.int32),
-                                 axis=-1)[..., 0]
+  logp_BxC = losses.target_logprobs(params, apply_fn, tokens_BxL,
+                                    completion_BxC.astype(jnp.int32), valid_BxL=valid_BxL)
   weight_BxC = completion_mask(completion_BxC, eos_id=eos_id)
   return jnp.where(weight_BxC, logp_BxC, 0.0), weight_BxC

@@ -60,8 +60,8 @@ class RLState:
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of the RL config with the init_from run's model and tokenizer.
 
-  The model section (except the run-time choices dtype and remat) and data.tokenizer come
-  from INIT_FROM/config.json, so the parameters always load.
+  The model section (except the run-time choices dtype, remat and logits_chunk_size) and
+  data.tokenizer come from INIT_FROM/config.json, so the parameters always load.
   """
   if "rl" not in config:
     raise ValueError("config.rl is missing: an RL config needs the diffu-GRPO settings "
@@ -77,7 +77,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     raise ValueError(f"config.init_from={config.init_from!r} is an autoregressive run "
                      "(objective 'ar'); diffu-GRPO needs a masked-diffusion model.")
   c = ml_collections.ConfigDict(config.to_dict())
-  c.model.update({k: v for k, v in saved["model"].items() if k not in ("dtype", "remat")})
+  c.model.update({k: v for k, v in saved["model"].items()
+                  if k not in ("dtype", "remat", "logits_chunk_size")})
   c.data.tokenizer = saved["data"]["tokenizer"]
   return c
 

@@ -41,6 +41,8 @@ _LOSS = flags.DEFINE_enum("loss", "best_bits_per_token", LOSS_COLUMNS,
                           "fit/plot: the validation-loss column used as L.")
 _FIT_RN = flags.DEFINE_bool("fit_rn_star", True,
                             "fit: also fit R_N* (turn off when the sweep barely varies N).")
+_NUM_STARTS = flags.DEFINE_integer("num_starts", 16,
+                                   "fit: L-BFGS runs per stage, from the best grid points.")
 _FIT_JSON = flags.DEFINE_string("fit_json", None, "Fit output/input; default ROOT/fit.json.")
 _PLOT_DIR = flags.DEFINE_string("plot_dir", None, "plot: where PNGs go; default ROOT/plots.")
 
@@ -109,7 +111,8 @@ def do_fit() -> None:
   for objective in sorted({r["objective"] for r in rows}):
     points = [r for r in rows if r["objective"] == objective]
     try:
-      fits[objective] = fit_lib.fit_data_constrained(points, fit_rn_star=_FIT_RN.value)
+      fits[objective] = fit_lib.fit_data_constrained(points, fit_rn_star=_FIT_RN.value,
+                                                     num_starts=_NUM_STARTS.value)
     except ValueError as e:
       out["errors"][objective] = str(e)
       print(f"{objective}: no fit ({e})")

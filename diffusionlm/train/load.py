@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from configs import base
 from diffusionlm.train import checkpoint, trainer
 
 
@@ -30,6 +31,21 @@ class LoadedRun:
     return self.setup.apply_fn
 
 
+def _with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """The saved config over today's defaults, so runs saved before a field existed still load."""
+  merged = base.get_config().to_dict()
+
+  def merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+      if isinstance(value, dict) and isinstance(into.get(key), dict):
+        merge(into[key], value)
+      else:
+        into[key] = value
+
+  merge(merged, saved)
+  return ml_collections.ConfigDict(merged)
+
+
 def load_run(workdir: str, devices=None, **overrides) -> LoadedRun:
   """Rebuilds a run's model from WORKDIR/config.json and loads its newest good parameters.
 
@@ -38,7 +54,7 @@ def load_run(workdir: str, devices=None, **overrides) -> LoadedRun:
   saved = checkpoint.read_run_config(workdir)
   if saved is None:
     raise ValueError(f"{workdir} has no config.json: is it a diffusionlm run directory?")
-  config = ml_collections.ConfigDict(saved)
+  config = _with_defaults(saved)
   config.init_from = ""
   for key, value in overrides.items():
     config[key] = value
