@@ -47,6 +47,11 @@ def _colors(values) -> dict:
   return dict(zip(values, colormaps["viridis"](np.linspace(0.0, 0.85, len(values)))))
 
 
+def _number(x: float) -> str:
+  """Short label: whole numbers below 1e6 in full (8192), others with 3 digits (1e+08)."""
+  return f"{x:.0f}" if x < 1e6 and float(x).is_integer() else f"{x:.3g}"
+
+
 def _save(fig: Figure, out_path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   FigureCanvasAgg(fig)
@@ -71,7 +76,7 @@ def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str, *,
     unique_epochs = np.unique(epochs)
     best = [loss[epochs == e].min() for e in unique_epochs]
     ax.plot(unique_epochs, best, linestyle=linestyle, marker=marker, color=colors[u],
-            label=f"{objective}, U={u:.3g}")
+            label=f"{objective}, U={_number(u)}")
   ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
          title="Validation loss vs epochs (best over N)")
   ax.legend(fontsize=7)
@@ -80,23 +85,24 @@ def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str, *,
 
 def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str, *,
                        ylabel: str = "validation loss") -> str:
-  """Validation loss vs training FLOPs per run, with each objective's lower envelope."""
+  """Validation loss vs training FLOPs per run, with the lower envelope of each
+  (objective, U): the best loss reached with at most that compute on U unique tokens."""
   _check_rows(rows)
   styles = _styles(r["objective"] for r in rows)
-  colors = {o: f"C{i}" for i, o in enumerate(styles)}  # matplotlib's default cycle.
+  colors = _colors(r["U"] for r in rows)
   fig = Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
-  for (objective,), group in _groups(rows, ("objective",)).items():
+  for (objective, u), group in _groups(rows, ("objective", "U")).items():
     linestyle, marker = styles[objective]
     flops = np.array([r["flops"] for r in group], dtype=float)
     loss = np.array([r["loss"] for r in group], dtype=float)
     order = np.argsort(flops, kind="stable")
-    ax.scatter(flops, loss, color=colors[objective], marker=marker, alpha=0.5, s=14)
+    ax.scatter(flops, loss, color=colors[u], marker=marker, alpha=0.3, s=12)
     ax.plot(flops[order], np.minimum.accumulate(loss[order]), linestyle=linestyle,
-            color=colors[objective], label=f"{objective} (envelope)")
+            color=colors[u], label=f"{objective}, U={_number(u)} (envelope)")
   ax.set(xscale="log", xlabel="training FLOPs", ylabel=ylabel,
          title="Validation loss vs compute")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   return _save(fig, out_path)
 
 
@@ -120,7 +126,7 @@ def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
       ax.scatter(epochs, [r["loss"] for r in group], color=colors[(u, n)], s=14)
       grid = np.geomspace(epochs.min(), epochs.max(), 100)
       ax.plot(grid, fit_lib.predict(fit, n, grid * u, u), color=colors[(u, n)],
-              label=f"U={u:.3g}, N={n:.3g}")
+              label=f"U={_number(u)}, N={_number(n)}")
     r2 = "" if np.isnan(fit.r2) else f", R^2={fit.r2:.3f}"
     ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
            title=f"{objective}: R_D*={fit.rd_star:.3g}, R_N*={fit.rn_star:.3g}{r2}")

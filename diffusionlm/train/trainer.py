@@ -201,8 +201,14 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self._previous = None
     if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._handler)
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def restore(self) -> None:
+    """Reinstates the SIGTERM handler that was in place before this run."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handler(self, signum, frame):
     del signum, frame
@@ -216,6 +222,14 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config.objective` in `workdir`, resuming from its newest good checkpoint."""
+  preemption = _Preemption()  # Installed first: a SIGTERM during start-up is not lost.
+  try:
+    return _train(config, workdir, preemption)
+  finally:
+    preemption.restore()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption) -> dict:
   setup = build(config)
   c = setup.config
   os.makedirs(workdir, exist_ok=True)
@@ -279,7 +293,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return nll / (count * math.log(2))
 
   writer = metrics.MetricsWriter(workdir, resume_step=start_step)
-  preemption = _Preemption()
   pending, epochs_seen = [], int(np.max(epoch))
   tick, tick_step = time.perf_counter(), start_step
   progress = tqdm.tqdm(total=c.num_train_steps, initial=start_step, disable=jax.process_index() != 0,
