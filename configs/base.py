@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- Optimizer (optax) -----------------------------------------------------------
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"  # "adamw" | "sgd" (plain SGD; b1, b2 unused).
   c.optimizer.lr = 3e-4  # Peak learning rate.
   c.optimizer.warmup_steps = 100
   c.optimizer.decay = "cosine"  # "cosine" | "linear" | "constant" after warmup.

@@ -1,4 +1,7 @@
-"""d1 on LLaDA-8B-Instruct: diffu-GRPO (Zhao et al. 2025) on GSM8K at full scale.
+"""d1 on LLaDA-8B-Instruct: diffu-GRPO (Zhao et al. 2025) at full scale; GSM8K by default.
+
+`d1_config(arg, task=...)` holds the settings that configs/d1_gsm8k.py, d1_math.py,
+d1_countdown.py and d1_sudoku.py share; `get_config` here is d1_gsm8k's.
 
   python -m diffusionlm.convert --hf_dir=LLaDA-8B-Instruct --out=runs/llada_8b_instruct \
       --config=configs/llada_8b.py
@@ -8,21 +11,33 @@
 The argument is the converted (or an SFT) run directory: the RL run starts from its
 parameters, which also stay frozen as the reference policy, and takes its model and
 tokenizer from its config.json. d1's settings (configs/rl_sudoku.py:rl_defaults): G = 6
-samples per prompt, mu = 12 updates per rollout, beta = 0.04, clip 0.5, prompt masking 0.15,
-generation 256 tokens in blocks of 32 with 128 steps, learning rate 3e-6. Systems as
-configs/llada_8b.py (parameters, optimizer state and the reference sharded over all devices).
-A rollout's num_prompts_per_step * num_generations / num_micro_batches rows must be a
-multiple of the device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
+samples per prompt, mu = 12 updates per rollout for GSM8K and MATH, 8 for Countdown and
+Sudoku, beta = 0.04, clip 0.5, prompt masking 0.15, generation 256 tokens in blocks of 32
+with 128 steps, learning rate 3e-6 held constant; Adam b2 = 0.99 and gradient clipping
+0.2 as in d1's released training config. d1 trains LoRA adapters (rank 128) on a 4-bit
+model; here every parameter is trained. Systems as configs/llada_8b.py (parameters,
+optimizer state and the reference sharded over all devices). A rollout's
+num_prompts_per_step * num_generations / num_micro_batches rows must be a multiple of the
+device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
 --config.rl.num_prompts_per_step=32.
 """
 from configs import llada_8b, rl_sudoku
 
+# mu, optimizer updates per rollout: d1's values per task.
+D1_NUM_ITERATIONS = {"gsm8k": 12, "math": 12, "countdown": 8, "sudoku": 8}
 
-def get_config(arg: str | None = None):
+
+def d1_config(arg: str | None = None, *, task: str):
+  """d1's diffu-GRPO settings for `task` on LLaDA-8B; `arg` is the converted run folder."""
+  if task not in D1_NUM_ITERATIONS:
+    raise ValueError(f"d1 config: unknown task {task!r}; expected one of "
+                     f"{sorted(D1_NUM_ITERATIONS)}")
   c = llada_8b.get_config(arg)
   c.objective = "sft"  # A masked-diffusion model; the diffu-GRPO loss replaces the objective.
-  c.rl = rl_sudoku.rl_defaults()  # d1's G, mu, beta, clip, p_mask_prompt and sampler.
-  c.rl.task = "gsm8k"
+  c.data.dataset = task  # gsm8k and math need --config.data.source_path=FOLDER.
+  c.rl = rl_sudoku.rl_defaults()  # d1's G, beta, clip, p_mask_prompt and sampler.
+  c.rl.task = task
+  c.rl.num_iterations = D1_NUM_ITERATIONS[task]
   c.rl.num_prompts_per_step = 16
   c.rl.num_micro_batches = 2
   c.rl.eval_every_steps = 100
@@ -36,4 +51,10 @@ def get_config(arg: str | None = None):
   c.optimizer.lr = 3e-6
   c.optimizer.warmup_steps = 0
   c.optimizer.decay = "constant"
+  c.optimizer.b2 = 0.99
+  c.optimizer.grad_clip = 0.2
   return c
+
+
+def get_config(arg: str | None = None):
+  return d1_config(arg, task="gsm8k")

@@ -1,7 +1,12 @@
 """Task evaluation: generate completions for task prompts and score them with the RL rewards.
 
-  python -m diffusionlm.evaluate --workdir=DIR [--task=sudoku] [--split=test]
-      [--num_examples=200] [--batch_size=32] [sampler flags, see diffusion/sampler_flags.py]
+  python -m diffusionlm.evaluate --workdir=DIR [--task=sudoku|countdown|gsm8k|math]
+      [--split=test] [--source_path=FOLDER] [--num_examples=200] [--batch_size=32]
+      [sampler flags, see diffusion/sampler_flags.py]
+
+prints a table and writes DIR/eval_<task>_<split>.json (`write_result`): accuracy, mean
+reward, speed, the sampler settings and every prompt's completion with its score. gsm8k
+and math read their jsonl folder: --source_path, default the run's data.source_path.
 
 Library use (the sampler benchmark and the RL stage):
   complete(params, apply_fn, tokenizer, prompts, ...) -> completions and speed statistics
@@ -13,6 +18,8 @@ outputs are dropped), so every batch runs the same compiled program. A completio
 generated text up to its first EOS.
 """
 from collections.abc import Sequence
+import json
+import os
 import time
 
 from absl import app
@@ -125,13 +132,16 @@ def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: in
 
 def is_correct(task: str, completion: str, example: dict) -> bool:
   """Full correctness: sudoku every empty cell right, countdown reward 1.0 (a valid
-  expression reaching the target with the given numbers), gsm8k `gsm8k_correct`."""
+  expression reaching the target with the given numbers), gsm8k `gsm8k_correct`, math
+  `math_correct` (the last \\boxed{} equals the reference answer)."""
   if task == "sudoku":
     return rewards.sudoku_reward(completion, example["puzzle"], example["solution"]) == 1.0
   if task == "countdown":
     return rewards.countdown_reward(completion, example["numbers"], example["target"]) == 1.0
   if task == "gsm8k":
     return rewards.gsm8k_correct(completion, example["answer"])
+  if task == "math":
+    return rewards.math_correct(completion, example["answer"])
   raise ValueError(f"unknown task {task!r}; expected one of {formatting.TASKS}")
 
 
@@ -143,8 +153,8 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
 
   Returns {"accuracy": share of examples `is_correct`, "mean_reward": mean of
   rewards.total_reward, "mean_completion_length": ids before EOS, "passes_per_token",
-  "tokens_per_sec", "seconds", "num_examples", "completions"}; see `complete` for the
-  arguments and the speed statistics.
+  "tokens_per_sec", "seconds", "num_examples", "completions", "correct" and "rewards" (per
+  example)}; see `complete` for the arguments and the speed statistics.
   """
   if task not in formatting.TASKS:
     raise ValueError(f"unknown task {task!r}; expected one of {formatting.TASKS}")
@@ -158,16 +168,44 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
                  mask_id=mask_id, causal=causal, batch_size=batch_size, gen_length=gen_length,
                  key=key, sampler_kwargs=sampler_kwargs, mesh=mesh)
   completions = out["completions"]
+  correct = [is_correct(task, c, ex) for c, ex in zip(completions, examples)]
+  rewards_N = [rewards.total_reward(task, c, ex) for c, ex in zip(completions, examples)]
   return {
-      "accuracy": float(np.mean([is_correct(task, c, ex)
-                                 for c, ex in zip(completions, examples)])),
-      "mean_reward": float(np.mean([rewards.total_reward(task, c, ex)
-                                    for c, ex in zip(completions, examples)])),
+      "accuracy": float(np.mean(correct)),
+      "mean_reward": float(np.mean(rewards_N)),
       "mean_completion_length": float(np.mean(out["completion_lengths"])),
       **{k: out[k] for k in ("passes_per_token", "tokens_per_sec", "seconds")},
       "num_examples": len(examples),
       "completions": completions,
+      "correct": correct,
+      "rewards": rewards_N,
   }
+
+
+def write_result(workdir: str, result: dict, examples: Sequence[dict], *, task: str,
+                 split: str, settings: dict) -> str:
+  """Writes WORKDIR/eval_<task>_<split>.json (atomically) and returns its path.
+
+  It holds the summary numbers of `evaluate_task`'s `result`, `settings` (the sampler's and
+  the evaluation's), and per example its prompt, completion, `correct` and `reward`.
+  """
+  per_example = [
+      {"prompt": formatting.task_prompt({**ex, "task": task}), "completion": completion,
+       "correct": bool(ok), "reward": float(reward)}
+      for ex, completion, ok, reward in zip(examples, result["completions"],
+                                            result["correct"], result["rewards"],
+                                            strict=True)]
+  record = {"task": task, "split": split,
+            **{k: result[k] for k in ("accuracy", "mean_reward", "num_examples",
+                                      "mean_completion_length", "passes_per_token",
+                                      "tokens_per_sec", "seconds")},
+            "settings": settings, "examples": per_example}
+  path = os.path.join(workdir, f"eval_{task}_{split}.json")
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, path)
+  return path
 
 
 # ---- Command line ------------------------------------------------------------------------
@@ -175,12 +213,15 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
 
 def _define_cli_flags():
   flags.DEFINE_string("workdir", None, "A trained run's directory.")
-  flags.DEFINE_string("task", None, "sudoku | countdown | gsm8k; default: the run's dataset.")
+  flags.DEFINE_string("task", None, "sudoku | countdown | gsm8k | math; default: the run's "
+                      "dataset.")
   flags.DEFINE_string("split", "test", "Dataset split to evaluate.")
   flags.DEFINE_integer("num_examples", 200, "First N examples of the split; 0 = all.")
   flags.DEFINE_integer("batch_size", 32, "Prompts per generation batch.")
   flags.DEFINE_string("data_dir", None, "Where the task data is prepared; default: the run's "
                       "config.data.data_dir.")
+  flags.DEFINE_string("source_path", None, "gsm8k / math: the folder of jsonl files (e.g. "
+                      "MATH500's test.jsonl); default: the run's config.data.source_path.")
   flags.DEFINE_integer("show", 3, "Completions to print.")
   flags.mark_flags_as_required(["workdir"])
   sampler_flags.define_flags()
@@ -191,10 +232,15 @@ def check_flags():
   settings = sampler_flags.flag_settings()
   config, causal = sampler_flags.settings_for_run(FLAGS.workdir, gen_length=FLAGS.gen_length,
                                                   settings=settings)
-  task = FLAGS.task or config.data.dataset.split(":")[0]
+  run_task = config.data.dataset.split(":")[0]
+  task = FLAGS.task or run_task
   if task not in formatting.TASKS:
     raise ValueError(f"--task={task!r} is not a task dataset; expected one of "
                      f"{formatting.TASKS} (the run was trained on {config.data.dataset!r}).")
+  if task in pipeline.SOURCE_TASKS and task != run_task and FLAGS.source_path is None:
+    raise ValueError(f"--task={task} reads its examples from a folder: pass "
+                     f"--source_path=DIR (the run was trained on {config.data.dataset!r}, "
+                     f"so its data.source_path={config.data.source_path!r} is not {task}'s).")
   if FLAGS.batch_size < 1 or FLAGS.num_examples < 0:
     raise ValueError(f"--batch_size must be >= 1 and --num_examples >= 0, got "
                      f"{FLAGS.batch_size} and {FLAGS.num_examples}.")
@@ -206,6 +252,8 @@ def evaluate_from_flags(config, causal, task, settings) -> dict:
   data_config = config.data.copy_and_resolve_references()
   if FLAGS.data_dir is not None:
     data_config.data_dir = FLAGS.data_dir
+  if FLAGS.source_path is not None:
+    data_config.source_path = FLAGS.source_path
   if task != config.data.dataset.split(":")[0]:
     data_config.dataset = task
   examples = pipeline.load_task_examples(data_config, FLAGS.split)
@@ -229,6 +277,14 @@ def evaluate_from_flags(config, causal, task, settings) -> dict:
   print(f"| {100 * result['accuracy']:.1f}% | {result['mean_reward']:.3f} | "
         f"{result['mean_completion_length']:.1f} | {result['passes_per_token']:.3f} | "
         f"{result['tokens_per_sec']:,.0f} |")
+  if jax.process_index() == 0:
+    path = write_result(
+        FLAGS.workdir, result, examples, task=task, split=FLAGS.split,
+        settings={"gen_length": FLAGS.gen_length, "seed": FLAGS.seed,
+                  "sampler": "ar" if causal else "diffusion", "batch_size": batch_size,
+                  **sampler_flags.resolve(gen_length=FLAGS.gen_length, causal=causal,
+                                          mask_id=run.model_config.mask_id, **settings)})
+    print(f"Wrote {path}")
   return result
 
 

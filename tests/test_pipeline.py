@@ -74,6 +74,9 @@ _EXAMPLES = [
      "steps": "3*4=12, 12+5=17"},
     {"task": "gsm8k", "question": "What is 2+2?", "reasoning": "2+2 = 4.",
      "answer": "4"},
+    {"task": "math", "problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?",
+     "solution": "$\\frac{2}{4} + \\frac{1}{4} = \\boxed{\\frac{3}{4}}$.",
+     "answer": "\\frac{3}{4}"},
 ]
 
 

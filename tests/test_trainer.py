@@ -159,6 +159,7 @@ def test_resume_with_different_model_is_an_error(data_dir, tmp_path):
     ({"mesh.data": -1, "mesh.fsdp": -1}, r"at most one axis may be -1"),
     ({"model.num_heads": 3}, r"config.model.d_model=32 is not divisible by config.model.num_heads=3"),
     ({"optimizer.decay": "step"}, r"config.optimizer.decay='step'"),
+    ({"optimizer.name": "lion"}, r"config.optimizer.name='lion'"),
     ({"diffusion.schedule": "exp"}, r"config.diffusion.schedule='exp'"),
     ({"num_train_steps": 0}, r"config.num_train_steps=0 must be positive"),
     ({"data.seq_len": 1}, r"config.data.seq_len=1"),

@@ -18,6 +18,9 @@ names are the ones the RL rewards read:
   sudoku:    {"task", "puzzle", "solution"}                16 digits, 0 = blank
   countdown: {"task", "numbers", "target", "expression", "steps"}
   gsm8k:     {"task", "question", "reasoning", "answer"}   answer: the bare number
+  math:      {"task", "problem", "solution", "answer"}     answer: LaTeX, e.g. "\\frac{1}{2}"
+A MATH response gives its answer as \\boxed{answer} inside the <answer> block, the form d1's
+MATH rewards score (correctness of the last \\boxed{}, and a \\boxed{} in the answer block).
 """
 from __future__ import annotations
 
@@ -48,6 +51,9 @@ _TEMPLATES = {
     "gsm8k": _Template(question=lambda ex: ex["question"],
                        reasoning=lambda ex: ex["reasoning"],
                        answer=lambda ex: ex["answer"]),
+    "math": _Template(question=lambda ex: ex["problem"],
+                      reasoning=lambda ex: ex["solution"],
+                      answer=lambda ex: f"\\boxed{{{ex['answer']}}}"),
 }
 TASKS = tuple(_TEMPLATES)
 

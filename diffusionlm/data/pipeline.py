@@ -37,6 +37,7 @@ from diffusionlm.data import builders
 from diffusionlm.data import formatting
 from diffusionlm.data.builders import countdown
 from diffusionlm.data.builders import gsm8k
+from diffusionlm.data.builders import math_problems
 from diffusionlm.data.builders import sudoku
 from diffusionlm.data.builders import text_files
 
@@ -45,6 +46,9 @@ _NUM_STEPS = 2**62  # The training stream never runs out.
 _ENCODE_CHUNK = 4096  # Documents tokenized per call.
 # Domain tags keeping the seeded random streams apart.
 _EPOCH_TAG, _NOISE_ROWS_TAG, _NOISE_TOKENS_TAG = 0, 1, 2
+# Task datasets read from the folder data.source_path: (builder, its make_config).
+SOURCE_TASKS = {"gsm8k": (gsm8k.DlmGsm8k, gsm8k.make_config),
+                "math": (math_problems.DlmMath, math_problems.make_config)}
 
 
 # ---- Datasets ---------------------------------------------------------------------
@@ -68,10 +72,10 @@ class Dataset:
       self.task = "countdown"
       make = functools.partial(countdown.DlmCountdown, config=countdown.make_config(
           seed=seed, num_numbers=4 if spec.endswith(":4") else 3, num_train=num_examples))
-    elif spec == "gsm8k":
-      self.task = "gsm8k"
-      make = functools.partial(gsm8k.DlmGsm8k, config=gsm8k.make_config(
-          data_config.source_path))
+    elif spec in SOURCE_TASKS:
+      self.task = spec
+      builder_cls, make_config = SOURCE_TASKS[spec]
+      make = functools.partial(builder_cls, config=make_config(data_config.source_path))
     elif spec == "text_files":
       make = functools.partial(text_files.DlmTextFiles, config=text_files.make_config(
           data_config.source_path))
@@ -79,7 +83,7 @@ class Dataset:
       make = functools.partial(tfds.builder, spec[5:])
     else:
       raise ValueError(f"unknown data.dataset {spec!r}: expected sudoku, countdown, "
-                       "countdown:4, gsm8k, text_files or tfds:<name>")
+                       "countdown:4, gsm8k, math, text_files or tfds:<name>")
     self.text_key = data_config.text_key
     try:
       self.builder = builders.prepare(
@@ -131,14 +135,14 @@ def _to_python(value):
 
 
 def load_task_examples(data_config, split: str) -> list[dict]:
-  """Examples of a task dataset (sudoku, countdown, gsm8k), each with its "task" key.
+  """Examples of a task dataset (sudoku, countdown, gsm8k, math), each with its "task" key.
 
   This is what SFT and the RL stage format with `formatting.task_prompt` & co.
   """
   dataset = Dataset(data_config)
   if not dataset.task:
     raise ValueError(f"data.dataset={data_config.dataset!r} is not a task dataset "
-                     f"(sudoku, countdown, gsm8k)")
+                     f"({', '.join(formatting.TASKS)})")
   return [{**record, "task": dataset.task} for record in dataset.records(split)]
 
 
@@ -269,8 +273,8 @@ def make_rows(dataset: Dataset, tokenizer, *, objective: str, split: str, seq_le
                       pad_id=tokenizer.pad_id, what=what)
   if objective == "sft":
     if not dataset.task:
-      raise ValueError(f"objective 'sft' needs a task dataset (sudoku, countdown, gsm8k), "
-                       f"got data.dataset={dataset.spec!r}")
+      raise ValueError(f"objective 'sft' needs a task dataset "
+                       f"({', '.join(formatting.TASKS)}), got data.dataset={dataset.spec!r}")
     examples = [{**r, "task": dataset.task} for r in dataset.records(split)]
     return SftRows(examples, tokenizer, seq_len=seq_len, what=what)
   raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")

@@ -6,10 +6,9 @@ command resumes from the newest good checkpoint in DIR.
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from diffusionlm.train import sharding
+from diffusionlm import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "RL config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -17,11 +16,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # Library INFO logs (orbax) drown the progress bar.
-    logging.set_verbosity(logging.WARNING)
-  sharding.initialize_distributed()  # Before anything touches the devices.
+  cli.start(argv)
   from diffusionlm.rl import loop  # pylint: disable=g-import-not-at-top
   loop.train(_CONFIG.value, _WORKDIR.value)
 

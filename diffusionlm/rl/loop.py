@@ -203,9 +203,7 @@ def _check_finite(state: RLState, ckpt: checkpoint.Checkpointer) -> None:
 def make_evaluator(rs: RLSetup, examples):
   """evaluate(params) -> {"accuracy", "mean_reward"} on `examples` (greedy by default)."""
   rl = rs.config.rl
-  settings = {k: v for k, v in rs.sampler_settings.items()
-              if k in ("block_length", "steps", "remasking", "decoding", "threshold", "cache")}
-  settings["temperature"] = rl.eval_temperature
+  settings = {**rs.sampler_settings, "temperature": rl.eval_temperature}
   key = jax.random.fold_in(jax.random.key(rs.config.seed), 2**31 - 1)
 
   def run(params) -> dict:

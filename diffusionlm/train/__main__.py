@@ -4,11 +4,10 @@ Any config field can be overridden, e.g. `--config.optimizer.lr=3e-4`. Rerunning
 command resumes from the newest good checkpoint in DIR.
 """
 from absl import app
-from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
-from diffusionlm.train import sharding
+from diffusionlm import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -16,11 +15,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # Library INFO logs (orbax) drown the progress bar.
-    logging.set_verbosity(logging.WARNING)
-  sharding.initialize_distributed()  # Before anything touches the devices.
+  cli.start(argv)
   from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -3,6 +3,7 @@ import ml_collections
 import optax
 
 DECAYS = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -21,8 +22,15 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_train_steps: int)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict, num_train_steps: int):
-  """AdamW with global-norm clipping; returns (optax transform, lr schedule)."""
+  """AdamW or plain SGD (`opt.name`), after global-norm clipping; returns (optax transform,
+  lr schedule). SGD with decoupled weight decay: update = -lr * (grad + weight_decay * param).
+  """
   schedule = learning_rate_schedule(opt, num_train_steps)
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
-  parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+  if opt.name == "adamw":
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+  elif opt.name == "sgd":
+    parts += [optax.add_decayed_weights(opt.weight_decay), optax.sgd(schedule)]
+  else:
+    raise ValueError(f"config.optimizer.name={opt.name!r}: expected one of {OPTIMIZERS}.")
   return optax.chain(*parts), schedule

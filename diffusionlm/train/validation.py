@@ -52,6 +52,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int, proc
   _require(0.0 <= c.data.noise_rate <= 1.0, f"config.data.noise_rate={c.data.noise_rate} must be in [0, 1].")
 
   o = c.optimizer
+  _require(o.name in optimizer.OPTIMIZERS,
+           f"config.optimizer.name={o.name!r}: expected one of {optimizer.OPTIMIZERS}.")
   _require(o.lr > 0, f"config.optimizer.lr={o.lr} must be positive.")
   _require(o.warmup_steps >= 0, f"config.optimizer.warmup_steps={o.warmup_steps} must be >= 0.")
   _require(o.decay in optimizer.DECAYS, f"config.optimizer.decay={o.decay!r}: expected one of {optimizer.DECAYS}.")

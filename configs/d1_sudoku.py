@@ -1,0 +1,21 @@
+"""d1 (diffu-GRPO, Zhao et al. 2025) on 4x4 Sudoku with LLaDA-8B-Instruct: G = 6, mu = 8.
+
+Needs accelerators (see docs/launch.md) and LLaDA-8B-Instruct imported once:
+
+  python -m diffusionlm.convert --hf_dir=LLaDA-8B-Instruct --out=runs/llada_8b_instruct \
+      --config=configs/llada_8b.py
+  python -m diffusionlm.rl --config=configs/d1_sudoku.py:runs/llada_8b_instruct \
+      --workdir=runs/d1_sudoku
+  python -m diffusionlm.evaluate --workdir=runs/d1_sudoku --task=sudoku --gen_length=256 \
+      --block_length=32 --steps=128
+
+The puzzles are our generated 4x4 ones (each with a unique solution), not d1's puzzle file,
+and the prompt and response formats are ours (diffusionlm/data/formatting.py: the puzzle as
+16 digits, the answer as 16 digits), not d1's instruction prompt. The shared settings and
+their sources are in configs/llada_8b_rl.py (`d1_config`).
+"""
+from configs import llada_8b_rl
+
+
+def get_config(arg: str | None = None):
+  return llada_8b_rl.d1_config(arg, task="sudoku")
