@@ -1,6 +1,10 @@
-"""Quickstart: a small masked-diffusion model learns 4x4 Sudoku on CPU in a few minutes.
+"""A small masked-diffusion model pretrained on 4x4 Sudoku text, on CPU in a few minutes.
 
 python -m diffusionlm.train --config=configs/quickstart.py --workdir=runs/quickstart
+
+Its model and data sections are the base of configs/sft_sudoku.py and configs/rl_sudoku.py,
+the two stages of the README's main job, `python -m diffusionlm.quickstart` (SFT ->
+diffu-GRPO -> test table, see diffusionlm/quickstart.py).
 """
 from configs import base
 
