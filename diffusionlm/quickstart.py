@@ -57,11 +57,11 @@ class StageResult:
     return math.sqrt(self.accuracy * (1 - self.accuracy) / self.num_examples)
 
 
-def evaluate_stage(run_dir: str, label: str, *, rl_config, steps: int, split: str,
-                   num_examples: int, seed: int) -> StageResult:
-  """Accuracy of the run in `run_dir` on `split` with the RL stage's sampler settings, its
-  evaluation temperature (greedy by default) and `steps` denoising steps. With the RL
-  stage's own steps it also writes RUN_DIR/eval_<task>_<split>.json."""
+def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[int],
+                   split: str, num_examples: int, seed: int) -> list[StageResult]:
+  """Accuracy of the run in `run_dir` on `split` with the RL stage's sampler settings and
+  evaluation temperature (greedy by default), once per number of denoising steps in
+  `steps_list`. The RL stage's own steps also write RUN_DIR/eval_<task>_<split>.json."""
   from diffusionlm import evaluate  # pylint: disable=g-import-not-at-top
   from diffusionlm.data import pipeline  # pylint: disable=g-import-not-at-top
   from diffusionlm.rl import rollout  # pylint: disable=g-import-not-at-top
@@ -70,21 +70,24 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps: int, split: st
   examples = pipeline.load_task_examples(run.config.data, split)
   if num_examples:
     examples = examples[:num_examples]
-  rl = rl_config.rl.copy_and_resolve_references()
-  is_rl_sampler = steps == rl.steps
-  rl.steps = steps
-  settings = {**rollout.sampler_kwargs(rl, mask_id=run.model_config.mask_id),
-              "temperature": rl.eval_temperature}
-  result = evaluate.evaluate_task(
-      run.params, run.apply_fn, run.tokenizer, examples, task=rl.task,
-      mask_id=run.model_config.mask_id, causal=False, batch_size=rl.eval_batch_size,
-      gen_length=rl.gen_length, key=jax.random.key(seed), sampler_kwargs=settings,
-      mesh=run.setup.mesh)
-  if is_rl_sampler and jax.process_index() == 0:
-    evaluate.write_result(run_dir, result, examples, task=rl.task, split=split,
-                          settings={"gen_length": rl.gen_length, **settings})
-  return StageResult(label, steps, result["accuracy"], result["mean_reward"],
-                     result["num_examples"])
+  results = []
+  for steps in steps_list:
+    rl = rl_config.rl.copy_and_resolve_references()
+    is_rl_sampler = steps == rl.steps
+    rl.steps = steps
+    settings = {**rollout.sampler_kwargs(rl, mask_id=run.model_config.mask_id),
+                "temperature": rl.eval_temperature}
+    result = evaluate.evaluate_task(
+        run.params, run.apply_fn, run.tokenizer, examples, task=rl.task,
+        mask_id=run.model_config.mask_id, causal=False, batch_size=rl.eval_batch_size,
+        gen_length=rl.gen_length, key=jax.random.key(seed), sampler_kwargs=settings,
+        mesh=run.setup.mesh)
+    if is_rl_sampler and jax.process_index() == 0:
+      evaluate.write_result(run_dir, result, examples, task=rl.task, split=split,
+                            settings={"gen_length": rl.gen_length, **settings})
+    results.append(StageResult(label, steps, result["accuracy"], result["mean_reward"],
+                               result["num_examples"]))
+  return results
 
 
 def gain_points(results: list[StageResult], steps: int) -> float:
@@ -169,10 +172,11 @@ def run_pipeline(sft_config, rl_config, workdir: str, *, seed: int, num_test: in
   _say("=== 3/3 evaluation on the test split")
   rl = rl_config.rl
   steps_list = list(dict.fromkeys([rl.steps, *extra_eval_steps]))
-  results = [evaluate_stage(run_dir, label, rl_config=rl_config, steps=steps, split="test",
-                            num_examples=num_test, seed=seed)
-             for steps in steps_list
-             for run_dir, label in ((sft_dir, "SFT"), (rl_dir, "SFT + diffu-GRPO (d1)"))]
+  results = [result
+             for run_dir, label in ((sft_dir, "SFT"), (rl_dir, "SFT + diffu-GRPO (d1)"))
+             for result in evaluate_stage(run_dir, label, rl_config=rl_config,
+                                          steps_list=steps_list, split="test",
+                                          num_examples=num_test, seed=seed)]
   header = (f"{rl.task}, test split, {results[0].num_examples} examples; greedy decoding, "
             f"gen_length {rl.gen_length}, block_length {rl.block_length}, {rl.remasking} "
             "remasking.")

@@ -309,12 +309,7 @@ def tiny_config(data_dir, init_from="", **overrides):
   c.num_train_steps = 2
   c.checkpoint_every_steps = 1
   c.optimizer.lr = 1e-2
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for name in parents:
-      target = target[name]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

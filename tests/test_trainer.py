@@ -34,12 +34,7 @@ def tiny_config(data_dir, **overrides):
   c.num_eval_batches = 1
   c.checkpoint_every_steps = 2
   c.optimizer.warmup_steps = 1
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

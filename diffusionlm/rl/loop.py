@@ -190,16 +190,6 @@ def rl_step(rs: RLSetup, state: RLState, prompts: rollout.PromptSet, indices_N, 
   return RLState.create(policy, state.ref_params), {**roll_metrics, **update_metrics}, completions
 
 
-def _check_finite(state: RLState, ckpt: checkpoint.Checkpointer) -> None:
-  bad = int(state.policy.first_nonfinite_step)
-  if bad >= 0:
-    last_good = ckpt.steps()[-1] if ckpt.steps() else None
-    raise FloatingPointError(
-        f"Non-finite loss or gradient at optimizer update {bad}; RL stopped. The last good "
-        f"checkpoint (step {last_good}) in {ckpt.directory} is intact. Lower "
-        "config.optimizer.lr or config.rl.clip_eps.")
-
-
 def make_evaluator(rs: RLSetup, examples):
   """evaluate(params) -> {"accuracy", "mean_reward"} on `examples` (greedy by default)."""
   rl = rs.config.rl
@@ -285,7 +275,8 @@ def run(rs: RLSetup, workdir: str, *, score=None) -> dict:
         log_eval(step, state.policy.params)
       preempted = preemption.reached(step)
       if step % c.checkpoint_every_steps == 0 or step == c.num_train_steps or preempted:
-        _check_finite(state, ckpt)
+        trainer.raise_if_nonfinite(state.policy, ckpt=ckpt, unit="optimizer update",
+                                   run="RL", advice="config.optimizer.lr or config.rl.clip_eps")
         ckpt.save(step, state, prompt_iter, resolved)
       if preempted:
         trainer._log(f"Preempted (SIGTERM): saved RL step {step}; rerun to resume.")  # pylint: disable=protected-access

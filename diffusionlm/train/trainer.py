@@ -6,6 +6,7 @@ ahead of the loop (memory, parameters and FLOPs logged) -> loop (log, evaluate, 
 -> summary.json.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -220,6 +221,18 @@ class _Preemption:
     return self.requested
 
 
+def raise_if_nonfinite(state: TrainState, *, ckpt: checkpoint.Checkpointer, unit: str,
+                       run: str, advice: str) -> None:
+  """FloatingPointError if the NaN guard skipped an update (`state.first_nonfinite_step`),
+  naming that `unit`, the intact last good checkpoint and what to lower (`advice`)."""
+  bad = int(state.first_nonfinite_step)
+  if bad >= 0:
+    last_good = ckpt.steps()[-1] if ckpt.steps() else None
+    raise FloatingPointError(
+        f"Non-finite loss or gradient at {unit} {bad}; {run} stopped. The last good "
+        f"checkpoint (step {last_good}) in {ckpt.directory} is intact. Lower {advice}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config.objective` in `workdir`, resuming from its newest good checkpoint."""
   preemption = _Preemption()  # Installed first: a SIGTERM during start-up is not lost.
@@ -298,14 +311,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, preemption: _Preempt
   progress = tqdm.tqdm(total=c.num_train_steps, initial=start_step, disable=jax.process_index() != 0,
                        desc=f"train {c.objective}", dynamic_ncols=True)
 
-  def check_finite(state):
-    bad = int(state.first_nonfinite_step)
-    if bad >= 0:
-      last_good = ckpt.steps()[-1] if ckpt.steps() else None
-      raise FloatingPointError(
-          f"Non-finite loss or gradient at step {bad}; training stopped. The last good "
-          f"checkpoint (step {last_good}) in {ckpt.directory} is intact. Lower "
-          "config.optimizer.lr, raise warmup, or check the data.")
+  check_finite = functools.partial(
+      raise_if_nonfinite, ckpt=ckpt, unit="step", run="training",
+      advice="config.optimizer.lr, raise warmup, or check the data")
 
   step, batch = start_step, first_batch
   try:
