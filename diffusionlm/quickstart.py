@@ -1,7 +1,7 @@
 """The README's main job: d1 (Zhao et al. 2025) in miniature, on 2 CPU cores.
 
   python -m diffusionlm.quickstart [--workdir=runs/d1_quickstart] [--seed=0]
-      [--num_test=1000] [--extra_eval_steps=1]
+      [--num_test=1000] [--extra_eval_steps=20]
       [--sft_config.FIELD=VALUE ...] [--rl_config.FIELD=VALUE ...]
 
 Three stages, each in its own folder under --workdir, each resuming from its checkpoints
@@ -40,8 +40,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/d1_quickstart", "Folder of the t
 _SEED = flags.DEFINE_integer("seed", 0, "Training seed of both stages.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 1000, "Test examples to evaluate; 0 = all.")
 _EXTRA_EVAL_STEPS = flags.DEFINE_multi_integer(
-    "extra_eval_steps", None, "Also evaluate both models with these numbers of sampler "
-    "steps (e.g. 1: one-shot decoding, where d1's log-prob estimate is exact).")
+    "extra_eval_steps", [20], "Also evaluate both models with these numbers of sampler "
+    "steps (the default 20: multi-step decoding, next to the RL sampler's one step).")
 
 
 @dataclasses.dataclass
@@ -51,10 +51,15 @@ class StageResult:
   accuracy: float
   mean_reward: float
   num_examples: int
+  correct: tuple[bool, ...] = dataclasses.field(default=(), repr=False)  # Per example.
 
   @property
   def standard_error(self) -> float:
     return math.sqrt(self.accuracy * (1 - self.accuracy) / self.num_examples)
+
+  def summary(self) -> dict:
+    """The fields written to results.json (without the per-example list)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "correct"}
 
 
 def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[int],
@@ -86,14 +91,20 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
       evaluate.write_result(run_dir, result, examples, task=rl.task, split=split,
                             settings={"gen_length": rl.gen_length, **settings})
     results.append(StageResult(label, steps, result["accuracy"], result["mean_reward"],
-                               result["num_examples"]))
+                               result["num_examples"], tuple(result["correct"])))
   return results
 
 
-def gain_points(results: list[StageResult], steps: int) -> float:
-  """Accuracy of the last stage minus the first's, in points, under `steps`."""
+def gain_points(results: list[StageResult], steps: int) -> tuple[float, float]:
+  """(gain, standard error), in points: accuracy of the last stage minus the first's under
+  `steps`, and the paired standard error of that difference over the same examples,
+  sqrt(var(d) / n) with d = last correct - first correct per example (0 for n < 2)."""
   first, *_, last = [r for r in results if r.steps == steps]
-  return 100 * (last.accuracy - first.accuracy)
+  d = [float(b) - float(a) for a, b in zip(first.correct, last.correct, strict=True)]
+  n = len(d)
+  mean = sum(d) / n if n else 0.0
+  se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else 0.0
+  return 100 * (last.accuracy - first.accuracy), 100 * se
 
 
 def results_table(results: list[StageResult], *, header: str, rl_steps: int) -> str:
@@ -112,8 +123,9 @@ def results_table(results: list[StageResult], *, header: str, rl_steps: int) -> 
         f"{100 * r.accuracy:.1f} ± {100 * r.standard_error:.1f} | {r.mean_reward:.3f}"
         for r in cells) + " |")
   lines.append("")
-  lines += [f"diffu-GRPO - SFT with {name(s)}: {gain_points(results, s):+.1f} points."
-            for s in steps_list]
+  gains = {s: gain_points(results, s) for s in steps_list}
+  lines += [f"diffu-GRPO - SFT with {name(s)}: {gains[s][0]:+.1f} ± {gains[s][1]:.1f} points "
+            "(paired standard error)." for s in steps_list]
   return "\n".join(lines)
 
 
@@ -182,8 +194,9 @@ def run_pipeline(sft_config, rl_config, workdir: str, *, seed: int, num_test: in
             "remasking.")
   table = results_table(results, header=header, rl_steps=rl.steps)
   summary = {"seed": seed, "task": rl.task, "rl_steps": rl.steps,
-             "results": [dataclasses.asdict(r) for r in results],
-             "gain_points": {str(s): gain_points(results, s) for s in steps_list}}
+             "results": [r.summary() for r in results],
+             "gain_points": {str(s): gain_points(results, s)[0] for s in steps_list},
+             "gain_standard_error": {str(s): gain_points(results, s)[1] for s in steps_list}}
   _say(table)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.md"), "w") as f:

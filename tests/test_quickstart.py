@@ -68,9 +68,26 @@ def test_pipeline_trains_both_stages_and_tabulates_their_test_scores(pipeline_ru
     gain = 100 * (results["SFT + diffu-GRPO (d1)", steps]["accuracy"]
                   - results["SFT", steps]["accuracy"])
     assert summary["gain_points"][str(steps)] == pytest.approx(gain)
-    assert f"{gain:+.1f} points" in table
+    se = summary["gain_standard_error"][str(steps)]
+    assert f"{gain:+.1f} ± {se:.1f} points" in table
   assert "| SFT |" in table and "| SFT + diffu-GRPO (d1) |" in table
   assert "4 steps (RL sampler)" in table
+
+
+def test_gain_has_the_paired_standard_error_of_the_per_example_differences():
+  def stage(label, correct):
+    return quickstart.StageResult(label, 1, sum(correct) / len(correct), 0.0, len(correct),
+                                  tuple(correct))
+  # d = rl - sft per example: [0, 1, 0, -1, 1]; mean 0.2, sample variance 0.7.
+  results = [stage("SFT", [1, 0, 0, 1, 0]), stage("RL", [1, 1, 0, 0, 1])]
+  gain, se = quickstart.gain_points(results, 1)
+  assert gain == pytest.approx(20.0)
+  assert se == pytest.approx(100 * (0.7 / 5) ** 0.5)
+  # The same accuracies with every change in one direction: a smaller paired error.
+  _, se_one_way = quickstart.gain_points(
+      [stage("SFT", [1, 0, 0, 1, 0]), stage("RL", [1, 1, 0, 1, 0])], 1)
+  assert se_one_way < se
+  assert "correct" not in results[0].summary()
 
 
 def test_rerun_resumes_both_stages_and_reproduces_the_table(pipeline_run, tfds_dir):

@@ -305,7 +305,8 @@ def tiny_config(data_dir, init_from="", **overrides):
   c.data.num_examples = 64
   c.model.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
   c.rl.update(num_prompts_per_step=4, num_generations=4, num_iterations=2, num_micro_batches=2,
-              gen_length=8, block_length=8, steps=4, eval_every_steps=0)
+              gen_length=8, block_length=8, steps=4, eval_every_steps=0,
+              p_mask_prompt=0.15)  # d1's prompt masking (the Sudoku miniature turns it off).
   c.num_train_steps = 2
   c.checkpoint_every_steps = 1
   c.optimizer.lr = 1e-2
