@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
+import numpy as np
 
 import configs
 from diffusionlm import cli
@@ -100,10 +101,8 @@ def gain_points(results: list[StageResult], steps: int) -> tuple[float, float]:
   `steps`, and the paired standard error of that difference over the same examples,
   sqrt(var(d) / n) with d = last correct - first correct per example (0 for n < 2)."""
   first, *_, last = [r for r in results if r.steps == steps]
-  d = [float(b) - float(a) for a, b in zip(first.correct, last.correct, strict=True)]
-  n = len(d)
-  mean = sum(d) / n if n else 0.0
-  se = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1) / n) if n > 1 else 0.0
+  d = np.asarray(last.correct, float) - np.asarray(first.correct, float)
+  se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
   return 100 * (last.accuracy - first.accuracy), 100 * se
 
 
