@@ -192,10 +192,11 @@ def run_pipeline(sft_config, rl_config, workdir: str, *, seed: int, num_test: in
             f"gen_length {rl.gen_length}, block_length {rl.block_length}, {rl.remasking} "
             "remasking.")
   table = results_table(results, header=header, rl_steps=rl.steps)
+  gains = {s: gain_points(results, s) for s in steps_list}
   summary = {"seed": seed, "task": rl.task, "rl_steps": rl.steps,
              "results": [r.summary() for r in results],
-             "gain_points": {str(s): gain_points(results, s)[0] for s in steps_list},
-             "gain_standard_error": {str(s): gain_points(results, s)[1] for s in steps_list}}
+             "gain_points": {str(s): gains[s][0] for s in steps_list},
+             "gain_standard_error": {str(s): gains[s][1] for s in steps_list}}
   _say(table)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.md"), "w") as f:
