@@ -1,0 +1,81 @@
+"""Faults that must not lose a run: a dead process, unreadable checkpoints, what cannot fit."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "data.dataset": "sudoku", "data.seq_len": 64, "data.num_examples": 256,
+    "model.d_model": 32, "model.num_layers": 2, "model.num_heads": 2, "model.mlp_dim": 64,
+    "global_batch_size": 8, "log_every_steps": 1, "eval_every_steps": 0,
+    "optimizer.warmup_steps": 1,
+}
+
+
+def _flags(data_dir, **overrides):
+  return [f"--config.{k}={v}" for k, v in {**TINY, "data.data_dir": data_dir, **overrides}.items()]
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+  deadline = time.time() + timeout_s
+  while not predicate():
+    assert time.time() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+    time.sleep(0.05)
+
+
+def test_killing_one_of_two_processes_stops_both_and_keeps_the_checkpoint(tfds_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  log = tmp_path / "launcher.err"
+  env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": ROOT}
+  with open(log, "w") as err:
+    launcher = subprocess.Popen(
+        ["bash", "launch/local_multiprocess.sh", "2", "configs/base.py", workdir,
+         *_flags(tfds_dir, num_train_steps=100_000, checkpoint_every_steps=4)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+  try:
+    _wait_for(lambda: len(re.findall(r"process \d is pid", log.read_text())) == 2, 60, "start")
+    pids = [int(p) for p in re.findall(r"process \d is pid (\d+)", log.read_text())]
+    checkpoints = os.path.join(workdir, "checkpoints")
+    _wait_for(lambda: os.path.isdir(os.path.join(checkpoints, "8")), 300, "checkpoint 8")
+
+    os.kill(pids[1], signal.SIGKILL)
+    killed_at = time.time()
+    _wait_for(lambda: launcher.poll() is not None and not _alive(pids[0]), 15,
+              "the launcher and the surviving process to exit")
+    stopped_after_s = time.time() - killed_at
+  finally:
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+  assert launcher.returncode != 0
+  message = log.read_text()
+  assert f"process 1 (pid {pids[1]}) exited with status 137" in message, message[-2000:]
+  assert stopped_after_s < 15
+
+  step = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
+  params = _read_checkpoint(os.path.join(checkpoints, str(step), "state"))["params"]
+  leaves = jax.tree.leaves(params)
+  assert step >= 8 and leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def _read_checkpoint(path: str):
+  """A checkpoint's arrays read back with orbax onto one device (no model code involved)."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
+                              checkpointer.metadata(path).item_metadata)
+  return checkpointer.restore(path, restore_args=restore_args)
