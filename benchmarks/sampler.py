@@ -10,7 +10,7 @@ prompts, in one process, each mode generates completions for the test split:
   cache              plain + the block-wise approximate KV cache (Fast-dLLM's DualCache)
   threshold T        commit every token of the block above confidence T (>= 1 per pass)
   threshold T+cache  both; one pair of rows per T in --thresholds
-and reports task accuracy and mean reward (diffusionlm.evaluate), forward passes per
+and reports task accuracy and mean reward (diffusionlm.generation), forward passes per
 generated token, and tokens/s (generated positions per second of generation, the median
 of --repeats timed runs, modes interleaved so machine noise hits them alike; compilation is
 excluded by a warm-up run of each mode). Prints a markdown table.
@@ -22,12 +22,10 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 
-from diffusionlm import evaluate
+from diffusionlm import cli, generation, sampler_flags
 from diffusionlm.data import pipeline
-from diffusionlm.diffusion import sampler_flags
 from diffusionlm.train import load, sharding
 
 _WORKDIR = flags.DEFINE_string("workdir", "", "A trained run; empty = train a quickstart "
@@ -72,9 +70,7 @@ def train_quickstart(train_dir: str, data_dir: str | None) -> str:
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   workdir = _WORKDIR.value or train_quickstart(_TRAIN_DIR.value, _DATA_DIR.value)
   settings = sampler_flags.flag_settings()
   try:
@@ -106,14 +102,14 @@ def main(argv):
   gen_length = flags.FLAGS.gen_length
 
   def evaluate_mode(mode, examples):
-    return evaluate.evaluate_task(
+    return generation.evaluate_task(
         run.params, run.apply_fn, run.tokenizer, examples, task=task,
         mask_id=run.model_config.mask_id, causal=False, batch_size=batch_size,
         gen_length=gen_length, key=jax.random.key(flags.FLAGS.seed),
         sampler_kwargs=settings | mode_settings[mode], mesh=run.setup.mesh)
 
-  resolved = sampler_flags.resolve(gen_length=gen_length, causal=False,
-                                   mask_id=run.model_config.mask_id, **settings)
+  resolved = generation.resolve_sampler_settings(gen_length=gen_length, causal=False,
+                                                 mask_id=run.model_config.mask_id, **settings)
   load_before = os.getloadavg()[0]
   for mode in mode_settings:  # Compile every program before timing any.
     evaluate_mode(mode, examples[:batch_size])

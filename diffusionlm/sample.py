@@ -12,11 +12,9 @@ each completion is cut at its first EOS. Bad flags fail before the model is load
 """
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 
-from diffusionlm import evaluate
-from diffusionlm.diffusion import sampler_flags
+from diffusionlm import cli, generation, sampler_flags
 from diffusionlm.train import load, sharding
 
 FLAGS = flags.FLAGS
@@ -47,7 +45,7 @@ def sample_from_flags(settings: dict) -> list[list[str]]:
   run = load.load_run(FLAGS.workdir)
   prompts = [p for p in FLAGS.prompt for _ in range(FLAGS.num_samples)]
   ways = sharding.data_parallel_size(run.setup.mesh)
-  out = evaluate.complete(
+  out = generation.complete(
       run.params, run.apply_fn, run.tokenizer, prompts, mask_id=run.model_config.mask_id,
       causal=run.model_config.causal, batch_size=-(-len(prompts) // ways) * ways,
       gen_length=FLAGS.gen_length, key=jax.random.key(FLAGS.seed), sampler_kwargs=settings,
@@ -62,10 +60,7 @@ def sample_from_flags(settings: dict) -> list[list[str]]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:  # Library INFO logs (orbax) drown the output.
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   try:
     settings = check_flags()
   except ValueError as e:

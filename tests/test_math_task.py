@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from configs import base, llada_8b, llada_8b_rl
-from diffusionlm import evaluate
-from diffusionlm.data import builders, formatting, pipeline
-from diffusionlm.data.builders import math_problems
+from diffusionlm import tasks
+from diffusionlm.data import builders, pipeline
 from diffusionlm.models import convert
-from diffusionlm.rl import loop, rewards, rollout
-from diffusionlm.train import trainer, validation
+from diffusionlm.rl import rollout, setup as rl_setup
+from diffusionlm.tasks import answers, layout, math_problems
+from diffusionlm.train import train_state, validation
 
+MATH = tasks.get("math")
 TEST_RECORDS = [
     {"problem": "Compute $\\frac{1}{2} + \\frac{1}{4}$.",
      "solution": "$\\frac12 + \\frac14 = \\frac24 + \\frac14 = \\boxed{\\frac{3}{4}}$.",
@@ -86,7 +87,7 @@ def test_builder_splits_fields_and_missing_answers(math_examples):
 def test_folder_without_train_has_only_test(tmp_path):
   _write_jsonl(tmp_path / "test.jsonl", TEST_RECORDS)
   dataset = pipeline.Dataset(_data_config(tmp_path, tmp_path / "tfds"))
-  assert dataset.task == "math" and set(dataset.builder.info.splits) == {"test"}
+  assert dataset.task.name == "math" and set(dataset.builder.info.splits) == {"test"}
   assert dataset.split_name("validation") == "test"
   with pytest.raises(ValueError, match="no 'train' split"):
     dataset.split_name("train")
@@ -124,18 +125,18 @@ def test_read_jsonl_skips_blank_lines_and_rejects_empty_files(tmp_path):
 
 def test_reference_responses_are_correct_and_earn_the_full_reward(math_examples):
   examples = math_examples["test"] + math_examples["train"]
-  full = sum(term.max_value for term in rewards.reward_terms("math"))
+  full = sum(term.max_value for term in MATH.reward_terms)
   for ex in examples:
-    response = formatting.task_response(ex)
-    assert formatting.task_prompt(ex) == ex["problem"] + "\n"
-    assert formatting.extract_answer(response) == f"\\boxed{{{ex['answer']}}}"
-    assert rewards.math_correct(response, ex["answer"])
-    assert evaluate.is_correct("math", response, ex)
-    assert rewards.total_reward("math", response, ex) == full
+    response = MATH.response(ex)
+    assert MATH.prompt(ex) == ex["problem"] + "\n"
+    assert layout.answer_block(response) == f"\\boxed{{{ex['answer']}}}"
+    assert math_problems.math_correct(response, ex["answer"])
+    assert MATH.is_correct(response, ex)
+    assert MATH.reward(response, ex) == full
   # A response is correct for its own problem only (the answers here all differ).
   for ex in examples:
     others = [other for other in examples if other is not ex]
-    assert not any(evaluate.is_correct("math", formatting.task_response(ex), other)
+    assert not any(MATH.is_correct(MATH.response(ex), other)
                    for other in others)
 
 
@@ -150,10 +151,10 @@ def test_reference_responses_are_correct_and_earn_the_full_reward(math_examples)
 ])
 def test_is_correct_for_math(completion, correct):
   example = {"task": "math", "problem": "p", "solution": "s", "answer": "\\frac{3}{4}"}
-  assert evaluate.is_correct("math", completion, example) is correct
+  assert MATH.is_correct(completion, example) is correct
   # Correct exactly when the correctness reward is paid.
-  assert (rewards.score_terms("math", completion, example)["correctness"]
-          == rewards.CORRECT_REWARD) is correct
+  assert (MATH.score_terms(completion, example)["correctness"]
+          == answers.CORRECT_REWARD) is correct
 
 
 # ---- The evaluate CLI --------------------------------------------------------------------
@@ -166,7 +167,7 @@ def sudoku_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   c = base.get_config()
   c.model.update(d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
-  setup = trainer.build(c, jax.devices()[:1])
+  setup = train_state.build(c, jax.devices()[:1])
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: (0.5 * rng.normal(size=x.shape)).astype(x.dtype),
                         setup.abstract_state.params)
@@ -196,13 +197,11 @@ def test_cli_evaluates_math_and_writes_the_result_file(sudoku_run, math_dir, tmp
   assert (saved["task"], saved["split"], saved["num_examples"]) == ("math", "test", 2)
   assert saved["settings"]["gen_length"] == 8 and saved["settings"]["block_length"] == 4
   examples = [{**r, "task": "math"} for r in TEST_RECORDS[:2]]
-  assert [e["prompt"] for e in saved["examples"]] == [formatting.task_prompt(ex)
-                                                      for ex in examples]
+  assert [e["prompt"] for e in saved["examples"]] == [MATH.prompt(ex) for ex in examples]
   # The saved scores are those of the saved completions.
   for entry, ex in zip(saved["examples"], examples, strict=True):
-    assert entry["correct"] == evaluate.is_correct("math", entry["completion"], ex)
-    assert entry["reward"] == pytest.approx(
-        rewards.total_reward("math", entry["completion"], ex))
+    assert entry["correct"] == MATH.is_correct(entry["completion"], ex)
+    assert entry["reward"] == pytest.approx(MATH.reward(entry["completion"], ex))
   assert saved["accuracy"] == pytest.approx(np.mean([e["correct"] for e in saved["examples"]]))
   assert saved["mean_reward"] == pytest.approx(np.mean([e["reward"]
                                                         for e in saved["examples"]]))
@@ -225,9 +224,9 @@ def converted_dir(tmp_path_factory):
     ("d1_sudoku", "sudoku", 8)])
 def test_d1_configs_validate_and_hold_the_papers_settings(converted_dir, name, task, mu):
   config = importlib.import_module(f"configs.{name}").get_config(converted_dir)
-  c = loop.resolve_config(config)  # What loop.build checks, without building the 8B model.
-  validation.validate_config(c, num_devices=8, process_count=1)
-  loop.validate_rl_config(c, data_parallel=8)
+  c = rl_setup.resolve_config(config)  # What rl_setup.build checks, without the 8B model.
+  validation.validate_run_config(c, num_devices=8)
+  rl_setup.validate_rl_config(c, data_parallel=8)
   rollout.sampler_kwargs(c.rl, mask_id=c.model.vocab_size)
   rl = c.rl
   assert (c.init_from, c.data.dataset, rl.task) == (converted_dir, task, task)

@@ -13,9 +13,10 @@ import tensorflow_datasets as tfds
 
 from configs import base
 from diffusionlm.data import builders
-from diffusionlm.data import formatting
+from diffusionlm import tasks
 from diffusionlm.data import pipeline
 from diffusionlm.data import tokenizers
+from diffusionlm.tasks import layout
 
 L = 16  # seq_len
 TOK = tokenizers.CharTokenizer()
@@ -82,29 +83,29 @@ _EXAMPLES = [
 
 @pytest.mark.parametrize("example", _EXAMPLES, ids=lambda ex: ex["task"])
 def test_formatting_response_carries_the_reference_answer(example):
-  prompt, response = formatting.task_prompt(example), formatting.task_response(example)
-  assert formatting.task_text(example) == prompt + response
+  task = tasks.get(example["task"])
+  prompt, response = task.prompt(example), task.response(example)
+  assert task.text(example) == prompt + response
   assert prompt.endswith("\n")
   has_reasoning = example["task"] != "sudoku"
-  assert response.startswith(formatting.REASONING_START if has_reasoning
-                             else formatting.ANSWER_START)
-  assert formatting.extract_answer(response) == formatting.reference_answer(example)
+  assert response.startswith(layout.REASONING_OPEN if has_reasoning else layout.ANSWER_OPEN)
+  assert layout.answer_block(response) == task.answer(example)
 
 
 @pytest.mark.parametrize("example", _EXAMPLES, ids=lambda ex: ex["task"])
 def test_reference_responses_earn_every_rl_reward(example):
-  rewards = pytest.importorskip("diffusionlm.rl.rewards")
-  response = formatting.task_response(example)
-  for term in rewards.REWARD_FUNCTIONS[example["task"]]:
+  task = tasks.get(example["task"])
+  response = task.response(example)
+  for term in task.reward_terms:
     value = term.fn(response, *(example[field] for field in term.fields))
     assert value == term.max_value, term.name
 
 
 def test_extract_answer():
-  assert formatting.extract_answer("<answer> 1 </answer> then <answer>\n2\n</answer>") == "2"
-  assert formatting.extract_answer("<reasoning>no answer</reasoning>") is None
+  assert layout.answer_block("<answer> 1 </answer> then <answer>\n2\n</answer>") == "2"
+  assert layout.answer_block("<reasoning>no answer</reasoning>") is None
   with pytest.raises(ValueError, match="unknown task 'chess'"):
-    formatting.task_prompt({"task": "chess"})
+    tasks.get("chess")
 
 
 # ---- Rows ------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_task_pretraining_text_is_prompt_plus_response(root):
   c = _config(root, dataset="countdown")
   _, packed = _all_rows(c)
   examples = pipeline.load_task_examples(c, "train")
-  expected = "".join(formatting.task_text(ex) + "<eos>" for ex in examples)
+  expected = "".join(tasks.get("countdown").text(ex) + "<eos>" for ex in examples)
   assert TOK.decode(packed["tokens"][packed["valid"]]) == expected
 
 
@@ -156,13 +157,13 @@ def test_sft_rows_are_prompt_response_eos_padding(root):
   assert rows.num_rows == len(examples) == 64
   assert batch["valid"].all() and batch["tokens"].dtype == np.int32
   for ex, tokens, prompt_len in zip(examples, batch["tokens"], batch["prompt_len"]):
-    prompt, response = formatting.task_prompt(ex), formatting.task_response(ex)
+    prompt, response = tasks.get("sudoku").prompt(ex), tasks.get("sudoku").response(ex)
     assert prompt_len == len(prompt)
     assert TOK.decode(tokens[:prompt_len]) == prompt
     end = prompt_len + len(response)
     assert TOK.decode(tokens[prompt_len:end]) == response
     assert (tokens[end:] == TOK.eos_id).all() and end < 64  # At least one EOS: fits seq_len 64.
-  assert formatting.extract_answer(TOK.decode(batch["tokens"][0])) == examples[0]["solution"]
+  assert layout.answer_block(TOK.decode(batch["tokens"][0])) == examples[0]["solution"]
 
 
 def _write_gsm8k(folder, question_lengths):
@@ -178,7 +179,7 @@ def test_sft_drops_examples_longer_than_seq_len(root):
   c = _config(root, dataset="gsm8k", source_path=str(root / "gsm_drop"), seq_len=80)
   rows, batch = _all_rows(c, objective="sft")
   train_lengths = lengths[:-1]  # The last record is the validation split.
-  fixed = len(formatting.task_text(
+  fixed = len(tasks.get("gsm8k").text(
       {"task": "gsm8k", "question": "", "reasoning": "x", "answer": "1"})) + 1
   fits = [n for n in train_lengths if n + fixed + len(str(n)) - 1 <= 80]
   assert 0 < len(fits) < len(train_lengths)

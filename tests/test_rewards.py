@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from diffusionlm.rl import rewards
+from diffusionlm import tasks
+from diffusionlm.tasks import answers, arithmetic, countdown, gsm8k, layout, math_problems, sudoku
 
 CANONICAL = "<reasoning>\nthink\n</reasoning>\n<answer>\n18\n</answer>\n"
 
@@ -58,7 +59,7 @@ def _sudoku_solution(n: int) -> str:
     ("", None),
 ])
 def test_gsm8k_extraction_rules(completion, expected):
-  assert rewards.extract_gsm8k_answer(completion) == expected
+  assert gsm8k.extract_gsm8k_answer(completion) == expected
 
 
 @pytest.mark.parametrize("text, value", [
@@ -69,7 +70,7 @@ def test_gsm8k_extraction_rules(completion, expected):
     ("", None), ("-", None),
 ])
 def test_parse_number(text, value):
-  assert rewards.parse_number(text) == value
+  assert answers.parse_number(text) == value
 
 
 @pytest.mark.parametrize("predicted, gold, equal", [
@@ -94,24 +95,24 @@ def test_parse_number(text, value):
     ("1,000", "1", False),
 ])
 def test_gsm8k_numeric_equivalence(predicted, gold, equal):
-  assert rewards.gsm8k_correct(f"<answer>{predicted}</answer>", gold) is equal
-  assert rewards.gsm8k_reward(f"<answer>{predicted}</answer>", gold) == (2.0 if equal else 0.0)
+  assert gsm8k.gsm8k_correct(f"<answer>{predicted}</answer>", gold) is equal
+  assert gsm8k.gsm8k_reward(f"<answer>{predicted}</answer>", gold) == (2.0 if equal else 0.0)
 
 
 def test_gsm8k_accepts_the_raw_answer_field():
   raw = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
          "Altogether 48+24 = <<48+24=72>>72.\n#### 72")
-  assert rewards.gsm8k_correct("<answer>72</answer>", raw)
-  assert not rewards.gsm8k_correct("<answer>24</answer>", raw)
-  assert rewards.gsm8k_correct("so 72", "#### 72") and rewards.gsm8k_correct("so 72", "72")
-  assert rewards.gsm8k_correct("so 72", 72) and rewards.gsm8k_correct("so 72", b"#### 72")
-  assert not rewards.gsm8k_correct("no number at all", raw)
+  assert gsm8k.gsm8k_correct("<answer>72</answer>", raw)
+  assert not gsm8k.gsm8k_correct("<answer>24</answer>", raw)
+  assert gsm8k.gsm8k_correct("so 72", "#### 72") and gsm8k.gsm8k_correct("so 72", "72")
+  assert gsm8k.gsm8k_correct("so 72", 72) and gsm8k.gsm8k_correct("so 72", b"#### 72")
+  assert not gsm8k.gsm8k_correct("no number at all", raw)
 
 
 @pytest.mark.parametrize("bad_gold", ["#### many", "", "no digits"])
 def test_gsm8k_bad_gold_raises(bad_gold):
   with pytest.raises(ValueError, match="answer"):
-    rewards.gsm8k_correct("<answer>1</answer>", bad_gold)
+    gsm8k.gsm8k_correct("<answer>1</answer>", bad_gold)
 
 
 @settings(max_examples=100, deadline=None)
@@ -120,9 +121,9 @@ def test_gsm8k_formats_of_the_same_integer_are_equal(n):
   gold = f"steps...\n#### {n:,}"
   sign = "-" if n < 0 else ""
   for written in (str(n), f"{n:,}", f"{n}.0", f"{sign}${abs(n):,}", f"{n}.", f"\\boxed{{{n}}}"):
-    assert rewards.gsm8k_correct(f"<answer>{written}</answer>", gold), written
-    assert rewards.gsm8k_correct(f"blah 3 blah. The answer is {written}", gold), written
-  assert not rewards.gsm8k_correct(f"<answer>{n + 1}</answer>", gold)
+    assert gsm8k.gsm8k_correct(f"<answer>{written}</answer>", gold), written
+    assert gsm8k.gsm8k_correct(f"blah 3 blah. The answer is {written}", gold), written
+  assert not gsm8k.gsm8k_correct(f"<answer>{n + 1}</answer>", gold)
 
 
 # ---- Format --------------------------------------------------------------------------------
@@ -145,10 +146,10 @@ JUNK = "junk"
     ("plain text", 0.0, 0.0, 0.0, 0.0),
 ])
 def test_format_rewards(completion, strict, soft, xml, integer):
-  assert rewards.strict_format_reward(completion) == strict
-  assert rewards.soft_format_reward(completion) == soft
-  assert rewards.xml_count_reward(completion) == pytest.approx(xml)
-  assert rewards.integer_answer_reward(completion) == integer
+  assert layout.strict_format_reward(completion) == strict
+  assert layout.soft_format_reward(completion) == soft
+  assert layout.xml_count_reward(completion) == pytest.approx(xml)
+  assert gsm8k.integer_answer_reward(completion) == integer
 
 
 # ---- MATH ----------------------------------------------------------------------------------
@@ -175,22 +176,22 @@ def test_format_rewards(completion, strict, soft, xml, integer):
     ("\\sqrt{2}", "2", False),
 ])
 def test_math_answer_equivalence(predicted, gold, equal):
-  assert rewards.math_answers_equal(predicted, gold) is equal
-  assert rewards.math_answers_equal(gold, predicted) is equal
+  assert math_problems.math_answers_equal(predicted, gold) is equal
+  assert math_problems.math_answers_equal(gold, predicted) is equal
 
 
 def test_math_correct_reads_last_boxed_then_answer_block():
   solution = "Half of it, so the answer is $\\boxed{\\frac{1}{2}}$."
-  assert rewards.math_correct("<answer>\\boxed{\\dfrac{1}{2}}</answer>", solution)
-  assert rewards.math_correct("\\boxed{7} no, \\boxed{0.5}", solution)
-  assert not rewards.math_correct("\\boxed{0.5} no, \\boxed{7}", solution)
-  assert rewards.math_correct("<answer>0.5</answer>", solution)  # no \boxed: the block
-  assert not rewards.math_correct("it is 0.5", solution)  # neither: no answer
-  assert rewards.math_reward("<answer>\\boxed{1/2}</answer>", "\\frac{1}{2}") == 2.0
-  assert rewards.boxed_in_answer_reward("<answer>\\boxed{1/2}</answer>") == 0.5
-  assert rewards.boxed_in_answer_reward("\\boxed{1/2} <answer>1/2</answer>") == 0.0
+  assert math_problems.math_correct("<answer>\\boxed{\\dfrac{1}{2}}</answer>", solution)
+  assert math_problems.math_correct("\\boxed{7} no, \\boxed{0.5}", solution)
+  assert not math_problems.math_correct("\\boxed{0.5} no, \\boxed{7}", solution)
+  assert math_problems.math_correct("<answer>0.5</answer>", solution)  # no \boxed: the block
+  assert not math_problems.math_correct("it is 0.5", solution)  # neither: no answer
+  assert math_problems.math_reward("<answer>\\boxed{1/2}</answer>", "\\frac{1}{2}") == 2.0
+  assert math_problems.boxed_in_answer_reward("<answer>\\boxed{1/2}</answer>") == 0.5
+  assert math_problems.boxed_in_answer_reward("\\boxed{1/2} <answer>1/2</answer>") == 0.0
   with pytest.raises(ValueError, match="answer"):
-    rewards.math_correct("\\boxed{1}", "\\boxed{ }")
+    math_problems.math_correct("\\boxed{1}", "\\boxed{ }")
 
 
 # ---- Countdown: parser ---------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_math_correct_reads_last_boxed_then_answer_block():
     ("100-25*3/5", 85), ("2-3", -1),
 ])
 def test_parse_arithmetic_known_values(expr, value):
-  assert rewards.parse_arithmetic(expr) == value
+  assert arithmetic.parse_arithmetic(expr) == value
 
 
 @pytest.mark.parametrize("expr, problem", [
@@ -215,21 +216,21 @@ def test_parse_arithmetic_known_values(expr, value):
 ])
 def test_parse_arithmetic_rejects_malformed(expr, problem):
   with pytest.raises(ValueError, match=problem):
-    rewards.parse_arithmetic(expr)
+    arithmetic.parse_arithmetic(expr)
 
 
 def test_parse_arithmetic_limits():
-  depth = rewards.MAX_NESTING_DEPTH
-  assert rewards.parse_arithmetic("(" * depth + "1" + ")" * depth) == 1
-  assert rewards.parse_arithmetic("-" * depth + "1") == (-1) ** depth
+  depth = arithmetic.MAX_NESTING_DEPTH
+  assert arithmetic.parse_arithmetic("(" * depth + "1" + ")" * depth) == 1
+  assert arithmetic.parse_arithmetic("-" * depth + "1") == (-1) ** depth
   with pytest.raises(ValueError, match="nested"):
-    rewards.parse_arithmetic("(" * (depth + 1) + "1" + ")" * (depth + 1))
+    arithmetic.parse_arithmetic("(" * (depth + 1) + "1" + ")" * (depth + 1))
   with pytest.raises(ValueError, match="nested"):
-    rewards.parse_arithmetic("-" * (depth + 1) + "1")
-  count = (rewards.MAX_EXPRESSION_CHARS - 1) // 2  # "1+1+...+1" of 2 * count + 1 chars
-  assert rewards.parse_arithmetic("1+" * count + "1") == count + 1
+    arithmetic.parse_arithmetic("-" * (depth + 1) + "1")
+  count = (arithmetic.MAX_EXPRESSION_CHARS - 1) // 2  # "1+1+...+1" of 2 * count + 1 chars
+  assert arithmetic.parse_arithmetic("1+" * count + "1") == count + 1
   with pytest.raises(ValueError, match="longer"):
-    rewards.parse_arithmetic("1+" * (count + 1) + "1")
+    arithmetic.parse_arithmetic("1+" * (count + 1) + "1")
 
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
@@ -272,22 +273,22 @@ def _leaves(tree) -> list[int]:
 @given(tree=_trees, space=st.sampled_from(["", " "]))
 def test_parse_arithmetic_matches_tree_value(tree, space):
   expr = _render(tree, space)
-  assert rewards.numbers_in(expr) == [abs(n) for n in _leaves(tree)]
+  assert arithmetic.numbers_in(expr) == [abs(n) for n in _leaves(tree)]
   try:
     expected = _value(tree)
   except ZeroDivisionError:
     with pytest.raises(ValueError, match="division by zero"):
-      rewards.parse_arithmetic(expr)
+      arithmetic.parse_arithmetic(expr)
     return
-  assert rewards.parse_arithmetic(expr) == expected
+  assert arithmetic.parse_arithmetic(expr) == expected
 
 
 def test_numbers_in():
-  assert rewards.numbers_in("12+3*(4-5)") == [12, 3, 4, 5]
-  assert rewards.numbers_in("-3") == [3]
-  assert rewards.numbers_in("2.5*2") == [Fraction(5, 2), 2]
+  assert arithmetic.numbers_in("12+3*(4-5)") == [12, 3, 4, 5]
+  assert arithmetic.numbers_in("-3") == [3]
+  assert arithmetic.numbers_in("2.5*2") == [Fraction(5, 2), 2]
   with pytest.raises(ValueError, match="character"):
-    rewards.numbers_in("2 + x")
+    arithmetic.numbers_in("2 + x")
 
 
 # ---- Countdown: reward ---------------------------------------------------------------------
@@ -314,18 +315,19 @@ def test_numbers_in():
     ("no expression here 3", 0.0),
 ])
 def test_countdown_reward(completion, reward):
-  assert rewards.countdown_reward(completion, [3, 5, 7], 8) == reward
+  assert countdown.countdown_reward(completion, [3, 5, 7], 8) == reward
 
 
 def test_countdown_repeated_numbers_and_field_types():
-  assert rewards.countdown_reward("<answer>4+2+2</answer>", [2, 2, 4], 8) == 1.0
-  assert rewards.countdown_reward("<answer>4*2</answer>", [2, 2, 4], 8) == 0.1
-  assert rewards.countdown_reward("<answer>3*5-7</answer>", np.array([7, 3, 5]), np.int64(8)) == 1.0
-  assert rewards.countdown_reward("<answer>3*5-7</answer>", ["3", "5", "7"], b"8") == 1.0
+  assert countdown.countdown_reward("<answer>4+2+2</answer>", [2, 2, 4], 8) == 1.0
+  assert countdown.countdown_reward("<answer>4*2</answer>", [2, 2, 4], 8) == 0.1
+  assert countdown.countdown_reward("<answer>3*5-7</answer>", np.array([7, 3, 5]),
+                                    np.int64(8)) == 1.0
+  assert countdown.countdown_reward("<answer>3*5-7</answer>", ["3", "5", "7"], b"8") == 1.0
   with pytest.raises(ValueError, match="numbers"):
-    rewards.countdown_reward("<answer>1</answer>", [], 1)
+    countdown.countdown_reward("<answer>1</answer>", [], 1)
   with pytest.raises(ValueError, match="target"):
-    rewards.countdown_reward("<answer>1</answer>", [1], "eight")
+    countdown.countdown_reward("<answer>1</answer>", [1], "eight")
 
 
 @settings(max_examples=100, deadline=None)
@@ -338,9 +340,9 @@ def test_countdown_rewards_any_correct_expression(tree, data):
   leaves = [abs(n) for n in _leaves(tree)]
   numbers = data.draw(st.permutations(leaves))
   answer = f"<answer>{_render(tree, ' ')}</answer>"
-  assert rewards.countdown_reward(answer, numbers, target) == 1.0
-  assert rewards.countdown_reward(answer, numbers, target + 1) == 0.1
-  assert rewards.countdown_reward(answer, numbers + [1], target) == 0.1
+  assert countdown.countdown_reward(answer, numbers, target) == 1.0
+  assert countdown.countdown_reward(answer, numbers, target + 1) == 0.1
+  assert countdown.countdown_reward(answer, numbers + [1], target) == 0.1
 
 
 # ---- Sudoku --------------------------------------------------------------------------------
@@ -363,17 +365,17 @@ def test_sudoku_reward_is_share_of_empty_cells_right(n, data):
   wrong = data.draw(st.sets(st.integers(0, cells - 1)))  # given cells may be wrong too
   answer = "".join(str(int(c) % (n * n) + 1) if i in wrong else c for i, c in enumerate(solution))
   expected = 1 - len(wrong & set(empty)) / len(empty)
-  assert rewards.sudoku_reward(_grid_text(answer), puzzle, solution) == pytest.approx(expected)
+  assert sudoku.sudoku_reward(_grid_text(answer), puzzle, solution) == pytest.approx(expected)
 
 
 def test_sudoku_unparseable_answers_score_zero():
   solution = _sudoku_solution(2)
   puzzle = "0" * 8 + solution[8:]
-  assert rewards.sudoku_reward(_grid_text(solution), puzzle, solution) == 1.0
-  assert rewards.sudoku_reward(solution, puzzle, solution) == 0.0  # no <answer> block
-  assert rewards.sudoku_reward(f"<answer>{solution[:15]}</answer>", puzzle, solution) == 0.0
-  assert rewards.sudoku_reward(f"<answer>{solution}1</answer>", puzzle, solution) == 0.0
-  assert rewards.sudoku_reward("<answer>" + solution, puzzle, solution) == 0.0
+  assert sudoku.sudoku_reward(_grid_text(solution), puzzle, solution) == 1.0
+  assert sudoku.sudoku_reward(solution, puzzle, solution) == 0.0  # no <answer> block
+  assert sudoku.sudoku_reward(f"<answer>{solution[:15]}</answer>", puzzle, solution) == 0.0
+  assert sudoku.sudoku_reward(f"<answer>{solution}1</answer>", puzzle, solution) == 0.0
+  assert sudoku.sudoku_reward("<answer>" + solution, puzzle, solution) == 0.0
 
 
 @pytest.mark.parametrize("puzzle, solution, problem", [
@@ -385,7 +387,7 @@ def test_sudoku_unparseable_answers_score_zero():
 ])
 def test_sudoku_bad_fields_raise(puzzle, solution, problem):
   with pytest.raises(ValueError, match=problem):
-    rewards.sudoku_reward("<answer>1</answer>", puzzle, solution)
+    sudoku.sudoku_reward("<answer>1</answer>", puzzle, solution)
 
 
 # ---- Registry, robustness, safety ------------------------------------------------------------
@@ -405,22 +407,25 @@ PERFECT = {
 }
 
 
-@pytest.mark.parametrize("task", sorted(rewards.REWARD_FUNCTIONS))
-def test_perfect_completion_reaches_the_maximum(task):
-  terms = rewards.reward_terms(task)
-  assert rewards.total_reward(task, PERFECT[task], EXAMPLES[task]) == pytest.approx(
+@pytest.mark.parametrize("name", sorted(tasks.names()))
+def test_perfect_completion_reaches_the_maximum(name):
+  task_def = tasks.get(name)
+  terms = task_def.reward_terms
+  assert task_def.reward(PERFECT[name], EXAMPLES[name]) == pytest.approx(
       sum(term.max_value for term in terms))
-  assert set(rewards.score_terms(task, PERFECT[task], EXAMPLES[task])) == {t.name for t in terms}
+  assert set(task_def.score_terms(PERFECT[name], EXAMPLES[name])) == {t.name for t in terms}
 
 
 def test_registry_errors():
-  assert set(rewards.REWARD_FUNCTIONS) == {"gsm8k", "math", "countdown", "sudoku"}
-  with pytest.raises(ValueError, match="unknown reward task 'chess'"):
-    rewards.total_reward("chess", "x", {})
+  assert set(tasks.names()) == {"gsm8k", "math", "countdown", "sudoku"}
+  with pytest.raises(ValueError, match="unknown task 'chess'; registered tasks: sudoku, "
+                     "countdown, gsm8k, math"):
+    tasks.get("chess")
   with pytest.raises(ValueError, match="target"):
-    rewards.total_reward("countdown", "x", {"numbers": [1]})
+    tasks.get("countdown").reward("x", {"numbers": [1]})
 
 
+_REWARD_TERMS = {name: tasks.get(name).reward_terms for name in tasks.names()}
 _FRAGMENTS = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\n", " ", "\\boxed{",
               "{", "}", "####", "The answer is ", "A: ", "0", "1", "7", "8", "-", "/", "*", "+",
               "(", ")", "$", ",", ".", "%", "\\frac", "=", "\\text{", "\u2212", "\u00d7", "x"]
@@ -432,14 +437,14 @@ _model_text = st.one_of(
 @settings(max_examples=200, deadline=None)
 @given(text=_model_text)
 def test_no_reward_raises_on_model_output(text):
-  for task, terms in rewards.REWARD_FUNCTIONS.items():
+  for task, terms in _REWARD_TERMS.items():
     for term in terms:
       value = term(text, EXAMPLES[task])
       assert isinstance(value, float) and 0.0 <= value <= term.max_value, (task, term.name)
-  rewards.extract_gsm8k_answer(text)
-  rewards.math_answers_equal(text, "1")
+  gsm8k.extract_gsm8k_answer(text)
+  math_problems.math_answers_equal(text, "1")
   try:
-    assert isinstance(rewards.parse_arithmetic(text), Fraction)
+    assert isinstance(arithmetic.parse_arithmetic(text), Fraction)
   except ValueError:
     pass
 
@@ -451,14 +456,19 @@ def test_pathological_inputs_are_fast():
            "<answer>-" + " " * 100000 + "x</answer>", "<answer>1" + " " * 100000 + "x</answer>"]
   start = time.perf_counter()
   for text in texts:
-    for task, terms in rewards.REWARD_FUNCTIONS.items():
+    for task, terms in _REWARD_TERMS.items():
       for term in terms:
         assert 0.0 <= term(text, EXAMPLES[task]) <= term.max_value
   assert time.perf_counter() - start < 10.0
 
 
 def test_rewards_source_never_executes_code():
-  tree = ast.parse(inspect.getsource(rewards))
+  for module in (answers, arithmetic, countdown, gsm8k, layout, math_problems, sudoku,
+                 tasks.task):
+    _assert_executes_nothing(ast.parse(inspect.getsource(module)))
+
+
+def _assert_executes_nothing(tree):
   for node in ast.walk(tree):
     if isinstance(node, ast.Call):
       func = node.func

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from diffusionlm import evaluate
-from diffusionlm.data import formatting, tokenizers
-from diffusionlm.diffusion import sampler_flags
+from diffusionlm import generation, sampler_flags, tasks
+from diffusionlm.data import tokenizers
 from diffusionlm.models import transformer
 
 TOK = tokenizers.load_tokenizer("char")
@@ -29,9 +28,9 @@ EXAMPLES = [
     {"task": "sudoku", "puzzle": "0234341221434321", "solution": S1},  # S1 solves it.
 ]
 ACCURACY, MEAN_REWARD = 2 / 3, (1 + 0.5 + 1) / 3
-P = len(formatting.task_prompt(EXAMPLES[0]))  # Every 4x4 Sudoku prompt has this length.
+P = len(tasks.get("sudoku").prompt(EXAMPLES[0]))  # Every 4x4 Sudoku prompt has this length.
 G = 40
-RESPONSE = formatting.task_response({"task": "sudoku", "solution": S1})  # 35 characters.
+RESPONSE = tasks.get("sudoku").response({"task": "sudoku", "solution": S1})  # 35 characters.
 # Position p of prompt + generation holds TARGET[p]: the S1 response, then EOS.
 TARGET = np.array([TOK.pad_id] * P + TOK.encode(RESPONSE) + [TOK.eos_id] * (G - len(RESPONSE)))
 
@@ -63,7 +62,7 @@ def test_evaluate_task_scores_known_completions(mode):
   causal, sampler_kwargs, passes_per_batch = MODES[mode]
   # The AR toy's logits at position p point at the next token, TARGET[p + 1].
   params = {"target": jnp.asarray(TARGET), "shift": 1 if causal else 0}
-  result = evaluate.evaluate_task(
+  result = generation.evaluate_task(
       params, target_apply_fn, TOK, EXAMPLES, task="sudoku", mask_id=MASK, causal=causal,
       batch_size=2, gen_length=G, key=jax.random.key(0), sampler_kwargs=sampler_kwargs)
   assert result["completions"] == [RESPONSE] * 3  # Cut at the first EOS.
@@ -76,7 +75,7 @@ def test_evaluate_task_scores_known_completions(mode):
 
 
 def test_evaluate_task_rejects_bad_input():
-  run = lambda examples, **kw: evaluate.evaluate_task(
+  run = lambda examples, **kw: generation.evaluate_task(
       {}, None, TOK, examples, mask_id=MASK, causal=False, batch_size=2, gen_length=G,
       key=jax.random.key(0), **({"task": "sudoku"} | kw))
   with pytest.raises(ValueError, match="task"):
@@ -90,15 +89,15 @@ def test_evaluate_task_rejects_bad_input():
 
 
 def test_encode_prompts_left_pads_and_cut_at_eos():
-  prompt_NxP, valid_NxP = evaluate.encode_prompts(TOK, ["ab", "abcd"])
+  prompt_NxP, valid_NxP = generation.encode_prompts(TOK, ["ab", "abcd"])
   np.testing.assert_array_equal(valid_NxP, [[False, False, True, True], [True] * 4])
   np.testing.assert_array_equal(prompt_NxP[0, :2], TOK.pad_id)
   np.testing.assert_array_equal(prompt_NxP[0, 2:], TOK.encode("ab"))
   np.testing.assert_array_equal(prompt_NxP[1], TOK.encode("abcd"))
   with pytest.raises(ValueError, match="prompt 1"):
-    evaluate.encode_prompts(TOK, ["a", ""])
+    generation.encode_prompts(TOK, ["a", ""])
   e = TOK.eos_id
-  cut = evaluate.cut_at_eos(np.array([[5, e, 6, e], [5, 6, 7, 8], [e, 5, 5, 5]]), e)
+  cut = generation.cut_at_eos(np.array([[5, e, 6, e], [5, 6, 7, 8], [e, 5, 5, 5]]), e)
   assert [c.tolist() for c in cut] == [[5], [5, 6, 7, 8], []]
 
 
@@ -121,7 +120,7 @@ def test_completions_do_not_depend_on_batching_or_padding(tiny_model):
   the completions they get alone (RoPE sees relative positions; padding is masked out)."""
   params, apply_fn = tiny_model
   prompts = ["ab\n", "Sudoku: 12\n", "xy\n"]  # The last one fills a padded batch.
-  run = lambda prompts, batch_size: evaluate.complete(
+  run = lambda prompts, batch_size: generation.complete(
       params, apply_fn, TOK, prompts, mask_id=MASK, causal=False, batch_size=batch_size,
       gen_length=8, key=jax.random.key(0), sampler_kwargs={"block_length": 4, "steps": 8})
   together = run(prompts, 2)["completions"]
@@ -131,12 +130,12 @@ def test_completions_do_not_depend_on_batching_or_padding(tiny_model):
 
 
 def test_resolve_fills_defaults_and_names_bad_settings():
-  assert [sampler_flags.default_block_length(g) for g in (64, 36, 40, 31, 7)] == [
+  assert [generation.default_block_length(g) for g in (64, 36, 40, 31, 7)] == [
       32, 18, 20, 31, 7]
-  kwargs = sampler_flags.resolve(gen_length=36, causal=False, mask_id=MASK)
+  kwargs = generation.resolve_sampler_settings(gen_length=36, causal=False, mask_id=MASK)
   assert (kwargs["block_length"], kwargs["steps"], kwargs["decoding"]) == (18, 36, "plain")
-  assert sampler_flags.resolve(gen_length=36, causal=True, mask_id=MASK,
-                               temperature=0.5) == {"temperature": 0.5}
+  assert generation.resolve_sampler_settings(gen_length=36, causal=True, mask_id=MASK,
+                                             temperature=0.5) == {"temperature": 0.5}
   for causal, given, name in [(True, {"cache": "block"}, "cache"),
                               (False, {"block_length": 5}, "block_length"),
                               (False, {"steps": 3}, "steps"),
@@ -144,7 +143,7 @@ def test_resolve_fills_defaults_and_names_bad_settings():
                               (False, {"bogus": 1}, "bogus"),
                               (True, {"temperature": -1.0}, "temperature")]:
     with pytest.raises(ValueError, match=name):
-      sampler_flags.resolve(gen_length=36, causal=causal, mask_id=MASK, **given)
+      generation.resolve_sampler_settings(gen_length=36, causal=causal, mask_id=MASK, **given)
 
 
 def _fake_run(path, objective):

@@ -33,57 +33,41 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from diffusionlm import config_defaults
+from diffusionlm import tasks
 from diffusionlm.data import builders
-from diffusionlm.data import formatting
-from diffusionlm.data.builders import countdown
-from diffusionlm.data.builders import gsm8k
-from diffusionlm.data.builders import math_problems
-from diffusionlm.data.builders import sudoku
 from diffusionlm.data.builders import text_files
 
-OBJECTIVES = ("mdm", "ar", "sft")
 _NUM_STEPS = 2**62  # The training stream never runs out.
 _ENCODE_CHUNK = 4096  # Documents tokenized per call.
 # Domain tags keeping the seeded random streams apart.
 _EPOCH_TAG, _NOISE_ROWS_TAG, _NOISE_TOKENS_TAG = 0, 1, 2
-# Task datasets read from the folder data.source_path: (builder, its make_config).
-SOURCE_TASKS = {"gsm8k": (gsm8k.DlmGsm8k, gsm8k.make_config),
-                "math": (math_problems.DlmMath, math_problems.make_config)}
 
 
 # ---- Datasets ---------------------------------------------------------------------
 
 
 class Dataset:
-  """A prepared TFDS dataset named by `data.dataset`, and how to read its text."""
+  """A prepared TFDS dataset named by `data.dataset`, and how to read its text.
+
+  `task` is the registered task (diffusionlm.tasks) whose examples it holds, or None.
+  """
 
   def __init__(self, data_config):
     spec = data_config.dataset
     self.spec = spec
-    self.task = None
-    seed = int(data_config.get("task_seed", 0))
-    num_examples = int(data_config.num_examples)
+    self.task = tasks.for_dataset(spec)
     data_dir = builders.default_data_dir(data_config.data_dir)
-    if spec == "sudoku":
-      self.task = "sudoku"
-      make = functools.partial(sudoku.DlmSudoku, config=sudoku.make_config(
-          seed=seed, num_train=num_examples))
-    elif spec in ("countdown", "countdown:3", "countdown:4"):
-      self.task = "countdown"
-      make = functools.partial(countdown.DlmCountdown, config=countdown.make_config(
-          seed=seed, num_numbers=4 if spec.endswith(":4") else 3, num_train=num_examples))
-    elif spec in SOURCE_TASKS:
-      self.task = spec
-      builder_cls, make_config = SOURCE_TASKS[spec]
-      make = functools.partial(builder_cls, config=make_config(data_config.source_path))
+    if self.task:
+      make = self.task.builder(data_config)
     elif spec == "text_files":
       make = functools.partial(text_files.DlmTextFiles, config=text_files.make_config(
           data_config.source_path))
     elif spec.startswith("tfds:") and len(spec) > 5:
       make = functools.partial(tfds.builder, spec[5:])
     else:
-      raise ValueError(f"unknown data.dataset {spec!r}: expected sudoku, countdown, "
-                       "countdown:4, gsm8k, math, text_files or tfds:<name>")
+      raise ValueError(f"unknown data.dataset {spec!r}: expected a task "
+                       f"({', '.join(tasks.dataset_names())}), text_files or tfds:<name>")
     self.text_key = data_config.text_key
     try:
       self.builder = builders.prepare(
@@ -110,11 +94,15 @@ class Dataset:
       for record in source.__getitems__(range(start, min(start + _ENCODE_CHUNK, len(source)))):
         yield {key: _to_python(value) for key, value in record.items()}
 
+  def examples(self, split: str) -> list[dict]:
+    """The task examples of `split`: its records, each with "task" (a task dataset only)."""
+    return [{**record, "task": self.task.name} for record in self.records(split)]
+
   def documents(self, split: str) -> Iterator[tuple[str, bool]]:
     """(text, followed_by_eos) pairs of `split`, for the pretraining objectives."""
     for record in self.records(split):
       if self.task:
-        yield formatting.task_text({**record, "task": self.task}), True
+        yield self.task.text({**record, "task": self.task.name}), True
       elif self.spec == "text_files":
         yield record["text"], record["document_end"]
       else:
@@ -135,15 +123,13 @@ def _to_python(value):
 
 
 def load_task_examples(data_config, split: str) -> list[dict]:
-  """Examples of a task dataset (sudoku, countdown, gsm8k, math), each with its "task" key.
-
-  This is what SFT and the RL stage format with `formatting.task_prompt` & co.
-  """
+  """Examples of a task dataset (see diffusionlm.tasks), each with its "task" key: what SFT,
+  the RL stage and evaluation format with the task's `prompt` and `response`."""
   dataset = Dataset(data_config)
   if not dataset.task:
     raise ValueError(f"data.dataset={data_config.dataset!r} is not a task dataset "
-                     f"({', '.join(formatting.TASKS)})")
-  return [{**record, "task": dataset.task} for record in dataset.records(split)]
+                     f"({', '.join(tasks.dataset_names())})")
+  return dataset.examples(split)
 
 
 # ---- Rows -------------------------------------------------------------------------
@@ -238,9 +224,10 @@ class PackedRows:
 class SftRows:
   """One task example per row: prompt + response + EOS, EOS-padded to seq_len."""
 
-  def __init__(self, examples: list[dict], tokenizer, *, seq_len: int, what: str):
-    prompts = tokenizer.encode_batch([formatting.task_prompt(ex) for ex in examples])
-    responses = tokenizer.encode_batch([formatting.task_response(ex) for ex in examples])
+  def __init__(self, task: tasks.Task, examples: list[dict], tokenizer, *, seq_len: int,
+               what: str):
+    prompts = tokenizer.encode_batch([task.prompt(ex) for ex in examples])
+    responses = tokenizer.encode_batch([task.response(ex) for ex in examples])
     lengths = np.array([p.size + r.size + 1 for p, r in zip(prompts, responses)])
     keep = np.flatnonzero(lengths <= seq_len)
     if keep.size == 0:
@@ -274,10 +261,11 @@ def make_rows(dataset: Dataset, tokenizer, *, objective: str, split: str, seq_le
   if objective == "sft":
     if not dataset.task:
       raise ValueError(f"objective 'sft' needs a task dataset "
-                       f"({', '.join(formatting.TASKS)}), got data.dataset={dataset.spec!r}")
-    examples = [{**r, "task": dataset.task} for r in dataset.records(split)]
-    return SftRows(examples, tokenizer, seq_len=seq_len, what=what)
-  raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+                       f"({', '.join(tasks.dataset_names())}), got data.dataset={dataset.spec!r}")
+    return SftRows(dataset.task, dataset.examples(split), tokenizer, seq_len=seq_len,
+                   what=what)
+  raise ValueError(f"unknown objective {objective!r}; expected one of "
+                   f"{config_defaults.OBJECTIVES}")
 
 
 # ---- Training stream --------------------------------------------------------------
@@ -377,8 +365,9 @@ class TrainSource:
 
 
 def _check_objective(objective: str, data_config) -> None:
-  if objective not in OBJECTIVES:
-    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+  if objective not in config_defaults.OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; expected one of "
+                   f"{config_defaults.OBJECTIVES}")
   if objective == "sft" and data_config.noise_rate:
     raise ValueError("data.noise_rate applies to pretraining (mdm, ar), not to 'sft'")
 

@@ -5,20 +5,18 @@ times, rows [g*G, (g+1)*G) are prompt g's group), sharded over the data-parallel
 with static shapes: every prompt of the task is tokenised once and left-padded to the
 longest (padding marked invalid), and completions have the fixed length gen_length.
 Completions are decoded up to their first EOS and scored by the task's rule-based rewards
-(rewards.py; strings only, nothing is executed). The update batch holds numpy arrays of the
+(diffusionlm/tasks/; strings only, nothing is executed). The update batch holds numpy arrays of the
 whole rollout (every process holds all of it, see `to_global`).
 """
 from collections.abc import Callable, Sequence
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
-from diffusionlm import evaluate
-from diffusionlm.data import formatting
-from diffusionlm.diffusion import sampler_flags, sampling
-from diffusionlm.rl import grpo, logprobs, rewards
+from diffusionlm import generation, tasks
+from diffusionlm.diffusion import sampling
+from diffusionlm.rl import grpo, logprobs
 from diffusionlm.train import sharding
 
 # Sampler settings read from config.rl (see configs/rl_sudoku.py), passed on to `generate`.
@@ -29,8 +27,9 @@ SAMPLER_FIELDS = ("block_length", "steps", "temperature", "remasking", "decoding
 def sampler_kwargs(rl_config, *, mask_id: int) -> dict:
   """`generate`'s settings from config.rl, checked; ValueError names the config.rl field."""
   try:
-    return sampler_flags.resolve(gen_length=rl_config.gen_length, causal=False,
-                                 mask_id=mask_id, **{f: rl_config[f] for f in SAMPLER_FIELDS})
+    return generation.resolve_sampler_settings(
+        gen_length=rl_config.gen_length, causal=False, mask_id=mask_id,
+        **{f: rl_config[f] for f in SAMPLER_FIELDS})
   except ValueError as e:
     raise ValueError(f"config.rl sampler settings: {e} (fields config.rl.gen_length, "
                      f"config.rl.{', config.rl.'.join(SAMPLER_FIELDS)})") from e
@@ -43,8 +42,8 @@ class PromptSet:
     if not examples:
       raise ValueError("PromptSet: no examples.")
     self.examples = list(examples)
-    self.prompt_NxP, self.valid_NxP = evaluate.encode_prompts(
-        tokenizer, [formatting.task_prompt(ex) for ex in self.examples])
+    self.prompt_NxP, self.valid_NxP = generation.encode_prompts(
+        tokenizer, [tasks.get(ex["task"]).prompt(ex) for ex in self.examples])
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -63,22 +62,16 @@ def prompt_iterator(num_examples: int, *, batch_size: int, seed: int):
 
 def score_with_rewards(task: str) -> Callable:
   """score(completions, examples) -> (rewards_B, {term: values_B}) with the task's reward
-  terms (rewards.score_terms); the reward is their sum (rewards.total_reward)."""
-  names = [term.name for term in rewards.reward_terms(task)]
+  terms (Task.score_terms); the reward is their sum (Task.reward)."""
+  task_def = tasks.get(task)
+  names = [term.name for term in task_def.reward_terms]
 
   def score(completions: Sequence[str], examples: Sequence[dict]):
-    terms = [rewards.score_terms(task, c, ex) for c, ex in zip(completions, examples)]
+    terms = [task_def.score_terms(c, ex) for c, ex in zip(completions, examples)]
     terms_B = {name: np.array([t[name] for t in terms], np.float32) for name in names}
     return np.sum(list(terms_B.values()), axis=0), terms_B
 
   return score
-
-
-def to_host(x) -> np.ndarray:
-  """A global array's full value on every process."""
-  if jax.process_count() > 1:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
 
 
 def to_global(x: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
@@ -107,9 +100,9 @@ def rollout(params, apply_fn, prompts: PromptSet, indices_N, key, *, tokenizer, 
       params, apply_fn, to_global(prompt_BxP, batch_sharding), key, gen_length=gen_length,
       mask_id=mask_id, prompt_valid_BxP=to_global(valid_BxP, batch_sharding),
       **sampler_settings)
-  completion_BxC = to_host(tokens_BxL)[:, prompt_BxP.shape[1]:]
-  completions = [tokenizer.decode(ids) for ids in evaluate.cut_at_eos(completion_BxC,
-                                                                      tokenizer.eos_id)]
+  completion_BxC = generation.to_host(tokens_BxL)[:, prompt_BxP.shape[1]:]
+  completions = [tokenizer.decode(ids) for ids in generation.cut_at_eos(completion_BxC,
+                                                                        tokenizer.eos_id)]
   rewards_B, terms_B = score(completions, [prompts.examples[r] for r in rows_B])
   advantages_B = np.asarray(grpo.group_advantages(
       rewards_B, num_generations=num_generations, scale_rewards=scale_rewards))

@@ -1,7 +1,7 @@
 """TFDS builders (array_record, no TensorFlow) and what they share.
 
-The builders live in `text_files.py`, `sudoku.py`, `countdown.py`, `gsm8k.py` and
-`math_problems.py`; each is a `tfds.core.GeneratorBasedBuilder` read back with
+The builders live in `text_files.py` and in the task modules (diffusionlm/tasks/: sudoku,
+countdown, gsm8k, math_problems); each is a `tfds.core.GeneratorBasedBuilder` read back with
 `builder.as_data_source(split)`. This module holds what they share: the base class
 `LocalBuilder`, and
 

@@ -1,20 +1,30 @@
-"""4x4 Sudoku puzzles with unique solutions, generated procedurally from a seed.
+"""4x4 Sudoku: fill the blank cells of a puzzle with a unique solution.
 
-A grid is a string of 16 digits read row by row; "0" marks a blank cell. Puzzles are
-made by blanking cells of a random solved grid, one at a time in random order, keeping
-only removals after which the puzzle still has exactly one solution. Puzzles are
-deduplicated and dealt out test first, then validation, then train, so the three splits
-never share a puzzle and the evaluation splits do not change with `num_train`.
+Data: puzzles generated procedurally from a seed. A grid is a string of 16 digits read row
+by row; "0" marks a blank cell. Puzzles are made by blanking cells of a random solved grid,
+one at a time in random order, keeping only removals after which the puzzle still has
+exactly one solution. Puzzles are deduplicated and dealt out test first, then validation,
+then train, so the three splits never share a puzzle and the evaluation splits do not
+change with `num_train`.
+
+Prompt: "Sudoku: <puzzle>". Response: only the <answer> block with the solved grid.
+
+Reward (d1's single Sudoku term): sudoku 1.0 x the share of the blank cells that the answer
+grid fills correctly (4x4 and 9x9 grids, "0" or "." blank). Correct: every blank right.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import random
+from typing import Any
 
 import tensorflow_datasets as tfds
 
 from diffusionlm.data import builders
+from diffusionlm.tasks import answers, layout, task
+
+# ---- Data ----------------------------------------------------------------------------------
 
 SIZE, BOX = 4, 2
 CELLS = SIZE * SIZE
@@ -168,3 +178,66 @@ class DlmSudoku(builders.LocalBuilder):
     splits = builders.deal_splits(examples, num_test=c.num_test,
                                   num_validation=c.num_validation, num_train=c.num_train)
     return {name: self._generate_examples(part) for name, part in splits.items()}
+
+
+# ---- Reward --------------------------------------------------------------------------------
+
+_SUDOKU_SIZES = {16: 4, 81: 9}
+_EMPTY_CELLS = "0."
+
+
+def _check_sudoku(puzzle: Any, solution: Any) -> tuple[str, str]:
+  puzzle = answers.field_text(puzzle, "puzzle")
+  solution = answers.field_text(solution, "solution")
+  if len(puzzle) not in _SUDOKU_SIZES:
+    raise ValueError(f"example field 'puzzle' must have 16 or 81 cells, got {len(puzzle)}")
+  digits = "123456789"[:_SUDOKU_SIZES[len(puzzle)]]
+  if any(c not in digits + _EMPTY_CELLS for c in puzzle):
+    raise ValueError(f"example field 'puzzle' holds characters outside {digits}0.: {puzzle!r}")
+  if len(solution) != len(puzzle) or any(c not in digits for c in solution):
+    raise ValueError(f"example field 'solution' must be {len(puzzle)} digits from {digits}, "
+                     f"got {solution!r}")
+  if any(p not in _EMPTY_CELLS and p != s for p, s in zip(puzzle, solution)):
+    raise ValueError(f"example field 'solution' {solution!r} contradicts puzzle {puzzle!r}")
+  if not any(c in _EMPTY_CELLS for c in puzzle):
+    raise ValueError(f"example field 'puzzle' has no empty cell: {puzzle!r}")
+  return puzzle, solution
+
+
+def sudoku_reward(completion: str, puzzle: str, solution: str) -> float:
+  """Share of the puzzle's empty cells ("0" or ".") that the answer grid fills correctly.
+
+  The grid is read from the last <answer> block: its ASCII digits in order, everything else
+  (whitespace, "|", "-", ...) ignored. It must hold exactly one digit per cell (16 for 4x4,
+  81 for 9x9), otherwise the reward is 0.0; so is a completion without an <answer> block.
+  """
+  puzzle, solution = _check_sudoku(puzzle, solution)
+  block = layout.answer_block(completion)
+  if block is None:
+    return 0.0
+  grid = [c for c in block if c in "0123456789"]
+  if len(grid) != len(puzzle):
+    return 0.0
+  empty = [i for i, c in enumerate(puzzle) if c in _EMPTY_CELLS]
+  return sum(grid[i] == solution[i] for i in empty) / len(empty)
+
+
+# ---- The task ------------------------------------------------------------------------------
+
+
+def make_builder(data_config):
+  """The DlmSudoku builder of data.task_seed and data.num_examples (train puzzles)."""
+  return functools.partial(DlmSudoku, config=make_config(
+      seed=int(data_config.get("task_seed", 0)), num_train=int(data_config.num_examples)))
+
+
+TASK = task.Task(
+    name="sudoku",
+    question=lambda ex: f"Sudoku: {ex['puzzle']}",
+    reasoning=lambda ex: "",
+    answer=lambda ex: ex["solution"],
+    reward_terms=(task.RewardTerm("sudoku", sudoku_reward, ("puzzle", "solution"), 1.0),),
+    is_correct=lambda completion, ex: sudoku_reward(
+        completion, ex["puzzle"], ex["solution"]) == 1.0,
+    builder=make_builder,
+)

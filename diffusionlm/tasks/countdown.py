@@ -1,105 +1,39 @@
 """Countdown: reach a target from 3 (or 4) numbers with + - * /, each number used once.
 
-Each example is built backwards from a random expression tree over the numbers, so the
-target is reachable by construction, and carries that reference expression. Intermediate
-results are kept positive integers (exact division only), as in the Countdown game.
-Expressions are checked by `evaluate` below, a small exact-arithmetic parser (never
-Python's eval()); the RL rewards reuse it.
+Data: each example is built backwards from a random expression tree over the numbers, so
+the target is reachable by construction, and carries that reference expression and its
+steps. Intermediate results are kept positive integers (exact division only), as in the
+Countdown game. data.dataset="countdown:4" asks for 4 numbers ("countdown" = "countdown:3").
+
+Prompt: "Use 3 4 5 to make 17". Response: the steps as reasoning, the expression as answer.
+
+Reward (TinyZero / d1): countdown 1.0 when the answer expression equals the target and uses
+exactly the given numbers, each as often as given; 0.1 for a well-formed expression that
+is wrong; 0.0 when there is none. Expressions are read by `arithmetic.parse_arithmetic`,
+never executed. Correct: reward 1.0.
 """
 from __future__ import annotations
 
-import collections
+from collections import Counter
+from collections.abc import Iterable
 import dataclasses
+import functools
 import random
 import re
-from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from diffusionlm.data import builders
+from diffusionlm.tasks import answers, arithmetic, layout, task
 
-_TOKEN = re.compile(r"\s*(\d+|[-+*/()])")
+COUNTDOWN_CORRECT_REWARD = 1.0
+COUNTDOWN_FORMAT_REWARD = 0.1
+
+# ---- Data ----------------------------------------------------------------------------------
+
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
-
-
-def _tokens(expr: str) -> list[str]:
-  tokens, pos = [], 0
-  expr = expr.rstrip()
-  while pos < len(expr):
-    match = _TOKEN.match(expr, pos)
-    if not match:
-      raise ValueError(f"expression {expr!r}: unexpected character {expr[pos:].lstrip()[0]!r}")
-    tokens.append(match.group(1))
-    pos = match.end()
-  return tokens
-
-
-def evaluate(expr: str) -> Fraction:
-  """Exact value of an arithmetic expression of integers, + - * / and parentheses.
-
-  Grammar: expr = term (("+"|"-") term)*; term = factor (("*"|"/") factor)*;
-  factor = INTEGER | "(" expr ")". Raises ValueError on bad syntax or division by zero.
-  """
-  tokens = _tokens(expr)
-  pos = 0
-
-  def peek():
-    return tokens[pos] if pos < len(tokens) else None
-
-  def take():
-    nonlocal pos
-    if pos >= len(tokens):
-      raise ValueError(f"expression {expr!r} ends early")
-    pos += 1
-    return tokens[pos - 1]
-
-  def factor() -> Fraction:
-    token = take()
-    if token == "(":
-      value = expression()
-      if take() != ")":
-        raise ValueError(f"expression {expr!r}: missing ')'")
-      return value
-    if token.isdigit():
-      return Fraction(int(token))
-    raise ValueError(f"expression {expr!r}: unexpected {token!r}")
-
-  def term() -> Fraction:
-    value = factor()
-    while peek() in ("*", "/"):
-      op, right = take(), factor()
-      if op == "/" and right == 0:
-        raise ValueError(f"expression {expr!r} divides by zero")
-      value = value * right if op == "*" else value / right
-    return value
-
-  def expression() -> Fraction:
-    value = term()
-    while peek() in ("+", "-"):
-      op, right = take(), term()
-      value = value + right if op == "+" else value - right
-    return value
-
-  value = expression()
-  if pos != len(tokens):
-    raise ValueError(f"expression {expr!r}: unexpected {tokens[pos]!r}")
-  return value
-
-
-def expression_numbers(expr: str) -> list[int]:
-  """The integers written in `expr`, in order."""
-  return [int(t) for t in _tokens(expr) if t.isdigit()]
-
-
-def is_solution(expr: str, numbers, target: int) -> bool:
-  """True iff `expr` uses exactly `numbers` (each once) and evaluates to `target`."""
-  try:
-    value = evaluate(expr)
-  except ValueError:
-    return False
-  used = collections.Counter(expression_numbers(expr))
-  return used == collections.Counter(int(n) for n in numbers) and value == target
 
 
 def _apply(op: str, a: int, b: int) -> int | None:
@@ -200,3 +134,75 @@ class DlmCountdown(builders.LocalBuilder):
   def _generate_examples(self, examples):
     for i, ex in enumerate(examples):
       yield i, {**ex, "numbers": np.asarray(ex["numbers"], np.int32)}
+
+
+# ---- Reward --------------------------------------------------------------------------------
+
+_EXPRESSION_CHARS_RE = re.compile(r"[0-9 \t.+\-*/()=]+")
+_OPERATOR_SPELLINGS = {"\u00d7": "*", "\u00f7": "/", "\u2212": "-", "\\times": "*",
+                       "\\cdot": "*", "\\div": "/"}
+
+
+def countdown_expression(completion: str) -> str | None:
+  """The answer expression: the last <answer> block, else the last line that looks like
+  arithmetic (digits, + - * / ( ) . = and spaces, with an operator). ×, ÷, −, \\times,
+  \\cdot and \\div are read as * / -. An "= ..." tail ("3*8 = 24") is dropped."""
+  for spelling, op in _OPERATOR_SPELLINGS.items():
+    completion = completion.replace(spelling, op)
+  expr = layout.answer_block(completion)
+  if expr is None:
+    lines = [line for line in completion.splitlines()
+             if _EXPRESSION_CHARS_RE.fullmatch(line) and re.search(r"[0-9]", line)
+             and re.search(r"[-+*/]", line)]
+    if not lines:
+      return None
+    expr = lines[-1]
+  return expr.split("=")[0].strip()
+
+
+def countdown_reward(completion: str, numbers: Iterable[Any], target: Any) -> float:
+  """Countdown reward (TinyZero / d1 convention): COUNTDOWN_CORRECT_REWARD (1.0) when the
+  answer expression equals `target` and uses exactly the given numbers, each as often as
+  given (all of them must be used); COUNTDOWN_FORMAT_REWARD (0.1) for a well-formed
+  expression that is wrong or uses other numbers; 0.0 when there is none or it is malformed
+  (including division by zero)."""
+  given = Counter(answers.field_fraction(n, "numbers") for n in numbers)
+  if not given:
+    raise ValueError("example field 'numbers' is empty")
+  target_value = answers.field_fraction(target, "target")
+  expr = countdown_expression(completion)
+  if expr is None:
+    return 0.0
+  try:
+    value = arithmetic.parse_arithmetic(expr)
+  except ValueError:
+    return 0.0
+  if value == target_value and Counter(arithmetic.numbers_in(expr)) == given:
+    return COUNTDOWN_CORRECT_REWARD
+  return COUNTDOWN_FORMAT_REWARD
+
+
+# ---- The task ------------------------------------------------------------------------------
+
+
+def make_builder(data_config):
+  """The DlmCountdown builder of data.dataset's numbers ("countdown:4": 4, else 3),
+  data.task_seed and data.num_examples (train puzzles)."""
+  return functools.partial(DlmCountdown, config=make_config(
+      seed=int(data_config.get("task_seed", 0)),
+      num_numbers=4 if data_config.dataset.endswith(":4") else 3,
+      num_train=int(data_config.num_examples)))
+
+
+TASK = task.Task(
+    name="countdown",
+    question=lambda ex: f"Use {' '.join(map(str, ex['numbers']))} to make {ex['target']}",
+    reasoning=lambda ex: ex["steps"],
+    answer=lambda ex: ex["expression"],
+    reward_terms=(task.RewardTerm("countdown", countdown_reward, ("numbers", "target"),
+                                  COUNTDOWN_CORRECT_REWARD),),
+    is_correct=lambda completion, ex: countdown_reward(
+        completion, ex["numbers"], ex["target"]) == COUNTDOWN_CORRECT_REWARD,
+    builder=make_builder,
+    variants=("3", "4"),
+)
