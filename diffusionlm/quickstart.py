@@ -68,9 +68,9 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
   """Accuracy of the run in `run_dir` on `split` with the RL stage's sampler settings and
   evaluation temperature (greedy by default), once per number of denoising steps in
   `steps_list`. The RL stage's own steps also write RUN_DIR/eval_<task>_<split>.json."""
-  from diffusionlm import evaluate  # pylint: disable=g-import-not-at-top
+  from diffusionlm import generation  # pylint: disable=g-import-not-at-top
   from diffusionlm.data import pipeline  # pylint: disable=g-import-not-at-top
-  from diffusionlm.rl import rollout  # pylint: disable=g-import-not-at-top
+  from diffusionlm.rl import setup as rl_setup  # pylint: disable=g-import-not-at-top
   from diffusionlm.train import load  # pylint: disable=g-import-not-at-top
   run = load.load_run(run_dir)
   examples = pipeline.load_task_examples(run.config.data, split)
@@ -81,16 +81,15 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
     rl = rl_config.rl.copy_and_resolve_references()
     is_rl_sampler = steps == rl.steps
     rl.steps = steps
-    settings = {**rollout.sampler_kwargs(rl, mask_id=run.model_config.mask_id),
-                "temperature": rl.eval_temperature}
-    result = evaluate.evaluate_task(
+    settings = rl_setup.eval_sampler_settings(rl, mask_id=run.model_config.mask_id)
+    result = generation.evaluate_task(
         run.params, run.apply_fn, run.tokenizer, examples, task=rl.task,
         mask_id=run.model_config.mask_id, causal=False, batch_size=rl.eval_batch_size,
         gen_length=rl.gen_length, key=jax.random.key(seed), sampler_kwargs=settings,
         mesh=run.setup.mesh)
     if is_rl_sampler and jax.process_index() == 0:
-      evaluate.write_result(run_dir, result, examples, task=rl.task, split=split,
-                            settings={"gen_length": rl.gen_length, **settings})
+      generation.write_result(run_dir, result, examples, task=rl.task, split=split,
+                              settings={"gen_length": rl.gen_length, **settings})
     results.append(StageResult(label, steps, result["accuracy"], result["mean_reward"],
                                result["num_examples"], tuple(result["correct"])))
   return results
@@ -130,17 +129,17 @@ def results_table(results: list[StageResult], *, header: str, rl_steps: int) -> 
 
 def check_configs(sft_config, rl_config) -> None:
   """Both stages' configs checked before anything compiles; ValueError names the field."""
-  from diffusionlm.rl import loop, rollout  # pylint: disable=g-import-not-at-top
+  from diffusionlm.rl import rollout, setup as rl_setup  # pylint: disable=g-import-not-at-top
   from diffusionlm.train import validation  # pylint: disable=g-import-not-at-top
   if sft_config.objective != "sft":
     raise ValueError(f"sft_config.objective={sft_config.objective!r}: the first stage is SFT.")
-  for config in (sft_config, rl_config):
-    config = config.copy_and_resolve_references()
-    config.init_from = ""  # The RL stage's init_from is the SFT run, made later.
-    validation.validate_config(config, num_devices=jax.device_count(),
-                               process_count=jax.process_count())
+  sft_config, rl_config = (c.copy_and_resolve_references() for c in (sft_config, rl_config))
+  sft_config.init_from = rl_config.init_from = ""  # The RL stage's is the SFT run, made later.
+  validation.validate_train_config(sft_config, num_devices=jax.device_count(),
+                                   process_count=jax.process_count())
+  validation.validate_run_config(rl_config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(rl_config.mesh)
-  loop.validate_rl_config(rl_config, data_parallel=sharding.data_parallel_size(mesh))
+  rl_setup.validate_rl_config(rl_config, data_parallel=sharding.data_parallel_size(mesh))
   rollout.sampler_kwargs(rl_config.rl, mask_id=0)
   if rl_config.data.dataset != sft_config.data.dataset:
     raise ValueError(f"rl_config.data.dataset={rl_config.data.dataset!r} differs from "

@@ -12,7 +12,7 @@ import ml_collections
 from diffusionlm import generation
 from diffusionlm.data import tokenizers
 from diffusionlm.diffusion import sampling
-from diffusionlm.train import checkpoint
+from diffusionlm.train import run_dir
 
 
 def define_flags() -> None:
@@ -55,11 +55,10 @@ def settings_for_run(workdir: str, *, gen_length: int,
   """(config, causal) of the run in `workdir` (its config.json), once `settings` (e.g.
   `flag_settings()`) are checked for it: ValueError naming the setting, before anything is
   loaded or compiled."""
-  saved = checkpoint.read_run_config(workdir)
-  if saved is None:
+  config = run_dir.read_config(workdir)
+  if config is None:
     raise ValueError(f"--workdir={workdir} has no config.json: is it a diffusionlm run?")
-  config = ml_collections.ConfigDict(saved)
-  causal = config.objective == "ar"
+  causal = config.model.causal
   mask_id = tokenizers.load_tokenizer(config.data.tokenizer).vocab_size
   generation.resolve_sampler_settings(gen_length=gen_length, causal=causal, mask_id=mask_id,
                                       **settings)
