@@ -9,6 +9,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
@@ -79,3 +80,68 @@ def _read_checkpoint(path: str):
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device),
                               checkpointer.metadata(path).item_metadata)
   return checkpointer.restore(path, restore_args=restore_args)
+
+
+# ---- Checkpoints that do not load ---------------------------------------------------------
+
+
+def _config(data_dir, **overrides):
+  from configs import base  # pylint: disable=g-import-not-at-top
+  config = base.get_config()
+  config.update_from_flattened_dict({**TINY, "data.data_dir": data_dir, "num_train_steps": 4,
+                                     "checkpoint_every_steps": 2, **overrides})
+  return config
+
+
+def _corrupt(checkpoint_dir: str, step: int) -> None:
+  """Truncates the array data of one checkpoint to 50 bytes, as a failed disk or copy would."""
+  data_dir = os.path.join(checkpoint_dir, str(step), "state", "d")
+  for name in os.listdir(data_dir):
+    os.truncate(os.path.join(data_dir, name), 50)
+
+
+def _snapshot(directory: str) -> dict:
+  """Every file under `directory` with its bytes, to prove that nothing changed."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+
+
+def test_a_run_whose_checkpoints_all_fail_stops_and_changes_nothing(tfds_dir, tmp_path):
+  from diffusionlm.train import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(_config(tfds_dir), workdir)
+  checkpoints = checkpoint.checkpoint_dir(workdir)
+  for step in (2, 4):
+    _corrupt(checkpoints, step)
+  before = _snapshot(workdir)
+
+  with pytest.raises(checkpoint.UnreadableCheckpointsError) as raised:
+    trainer.train_and_evaluate(_config(tfds_dir, num_train_steps=6), workdir)
+  message = str(raised.value)
+  assert "step 4:" in message and "step 2:" in message and "delete" in message
+  assert len(message.splitlines()) < 10 and "tensorstore_spec" not in message
+  assert _snapshot(workdir) == before, "a refused start must not touch the run's files"
+
+
+def test_one_unreadable_checkpoint_gives_one_warning_and_no_traceback_flood(tfds_dir, tmp_path):
+  """Through the CLI, where orbax's stray reports reach the terminal (pytest would catch them)."""
+  from diffusionlm.train import checkpoint, trainer  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(_config(tfds_dir), workdir)
+  _corrupt(checkpoint.checkpoint_dir(workdir), 4)
+
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "XLA_FLAGS": ""}
+  result = subprocess.run(
+      [sys.executable, "-m", "diffusionlm.train", "--config=configs/base.py",
+       f"--workdir={workdir}", *_flags(tfds_dir, num_train_steps=6, checkpoint_every_steps=2)],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+  warnings = [l for l in result.stderr.splitlines() if "Checkpoint step 4" in l]
+  assert len(warnings) == 1 and "corrupt-4" in warnings[0] and len(warnings[0]) < 600, warnings
+  assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert os.path.isdir(os.path.join(checkpoint.checkpoint_dir(workdir), "corrupt-4"))

@@ -3,13 +3,15 @@
 Guarantees:
 - Atomic: orbax writes each step into a temporary directory and renames it when complete,
   so a run killed mid-save leaves no half checkpoint that looks complete.
-- A checkpoint that fails to restore (corrupt or truncated files) is moved aside to
-  `corrupt-<step>` with a warning, never loaded, and the next older one is tried; nothing
-  is deleted and a later save cannot overwrite a good checkpoint.
+- A checkpoint that fails to restore (corrupt or truncated files) is never loaded: once an
+  older one loads, each newer failed one is moved aside to `corrupt-<step>` with one warning
+  (nothing is deleted, and a later save cannot overwrite a good checkpoint).
+- If checkpoints exist but none loads, `restore_latest` raises `UnreadableCheckpointsError`
+  listing them and moves nothing, so a run never silently starts over on top of its history.
 - The newest `keep` checkpoints are kept.
 """
-import json
 import os
+import sys
 
 from absl import logging
 from etils import epath
@@ -20,6 +22,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, DATA, CONFIG = "state", "data", "config"
+CORRUPT_PREFIX = "corrupt-"
+
+
+class UnreadableCheckpointsError(RuntimeError):
+  """The run has checkpoints but none of them loads: refusing to start over."""
 
 
 class Checkpointer:
@@ -53,8 +60,12 @@ class Checkpointer:
     """Restores the newest checkpoint that loads cleanly; returns (step, state) or None.
 
     `abstract_state` is a tree of `jax.ShapeDtypeStruct` with shardings: arrays are
-    restored straight onto the mesh. The data iterator is restored in place.
+    restored straight onto the mesh. The data iterator is restored in place. None means a
+    fresh run (no checkpoint at all); checkpoints that all fail raise
+    `UnreadableCheckpointsError` (module docstring).
     """
+    _ignore_orbax_closed_event_loop_reports()
+    failures = []
     for step in reversed(self.steps()):
       try:
         restored = self._manager.restore(
@@ -69,24 +80,32 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         ok, error = False, e
       if _all_processes_ok(ok):
+        for failed_step, failed_error in failures:
+          self._quarantine(failed_step, failed_error)
         return step, restored[STATE]
-      self._quarantine(step, error)
+      failures.append((step, error))
+    quarantined = sorted(p.name for p in self.directory.glob(f"{CORRUPT_PREFIX}*"))
+    if failures or quarantined:
+      lines = [f"  step {step}: {short_error(error)}" for step, error in failures]
+      lines += [f"  {name} (moved aside by an earlier start)" for name in quarantined]
+      raise UnreadableCheckpointsError(
+          f"{self.directory} holds checkpoints but none of them loads:\n" + "\n".join(lines)
+          + "\nNothing was changed (metrics.jsonl and every checkpoint are as they were). To "
+          "start this run over, move or delete its workdir (or pass a new --workdir); to "
+          "repair it, restore a good checkpoint into this folder and rerun.")
     return None
 
   def _quarantine(self, step: int, error) -> None:
     """Moves a checkpoint that failed to load out of orbax's view, keeping its files."""
-    logging.warning("Checkpoint at step %d in %s failed to restore and is skipped (moved to "
-                    "corrupt-%d): %s", step, self.directory, step, error)
-    print(f"WARNING: checkpoint step {step} in {self.directory} is corrupt or incomplete; "
-          f"skipped and moved to corrupt-{step}. Error: {error}", flush=True)
+    target = self.directory / f"{CORRUPT_PREFIX}{step}"
+    suffix = 0
+    while target.exists():
+      suffix += 1
+      target = self.directory / f"{CORRUPT_PREFIX}{step}.{suffix}"
     if jax.process_index() == 0:
-      source = self.directory / str(step)
-      target = self.directory / f"corrupt-{step}"
-      suffix = 0
-      while target.exists():
-        suffix += 1
-        target = self.directory / f"corrupt-{step}.{suffix}"
-      source.rename(target)
+      logging.warning("Checkpoint step %d in %s failed to load and was moved to %s: %s",
+                      step, self.directory, target.name, short_error(error))
+      (self.directory / str(step)).rename(target)
     multihost_utils.sync_global_devices(f"quarantine-{step}")
     self._manager.reload()
 
@@ -95,6 +114,35 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def short_error(error, limit: int = 300) -> str:
+  """One line of an orbax / tensorstore error: its first line, without the JSON spec dump."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  text = text.split(" [tensorstore_spec")[0]
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _ignore_orbax_closed_event_loop_reports() -> None:
+  """Drops the "Event loop is closed" reports of a failed orbax restore.
+
+  When one array of a restore fails, orbax closes its asyncio loop while tensorstore still
+  completes the reads of the other arrays; each completion reports RuntimeError('Event loop
+  is closed') through sys.unraisablehook, tens to hundreds of tracebacks that bury the one
+  useful warning. Every other unraisable exception still reaches the previous hook.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_event_loop", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.ignores_closed_event_loop = True
+  sys.unraisablehook = hook
 
 
 def _all_processes_ok(ok: bool) -> bool:
@@ -116,6 +164,7 @@ def restore_params(workdir: str, abstract_params):
   directory = epath.Path(checkpoint_dir(workdir)).absolute()
   if not directory.exists():
     raise ValueError(f"config.init_from={workdir!r}: no checkpoints directory {directory}.")
+  _ignore_orbax_closed_event_loop_reports()
   manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA, CONFIG),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   errors = []
@@ -129,15 +178,8 @@ def restore_params(workdir: str, abstract_params):
       logging.info("Initialised parameters from %s step %d.", directory, step)
       return restored[STATE]["params"]
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("init_from: checkpoint step %d of %s failed to load: %s", step, directory, e)
-      errors.append(f"step {step}: {e}")
+      logging.warning("init_from: checkpoint step %d of %s failed to load: %s", step, directory,
+                      short_error(e))
+      errors.append(f"step {step}: {short_error(e)}")
   raise ValueError(f"config.init_from={workdir!r}: no loadable checkpoint in {directory}. "
                    + "; ".join(errors))
-
-
-def read_run_config(workdir: str) -> dict | None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
