@@ -78,7 +78,7 @@ def evaluate_from_flags(config, causal, task, settings) -> dict:
       run.params, run.apply_fn, run.tokenizer, examples, task=task,
       mask_id=run.model_config.mask_id, causal=run.model_config.causal, batch_size=batch_size,
       gen_length=FLAGS.gen_length, key=jax.random.key(FLAGS.seed), sampler_kwargs=settings,
-      mesh=mesh)
+      mesh=mesh, max_length=run.setup.config.data.seq_len, truncate_prompts=FLAGS.truncate_prompts)
   for ex, completion in list(zip(examples, result["completions"]))[:FLAGS.show]:
     print(f"--- {tasks.get(task).prompt(ex)!r} -> {completion!r}")
   print(f"\n{task} / {FLAGS.split}: {result['num_examples']} examples, "

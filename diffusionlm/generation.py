@@ -4,6 +4,7 @@ What the evaluate and sample CLIs, the RL rollout and the quickstart share:
 
   resolve_sampler_settings(gen_length=, causal=, mask_id=, **given) -> the sampler's kwargs
   encode_prompts(tokenizer, prompts) -> (prompt_NxP, valid_NxP), left-padded
+  fit_prompts(prompt_NxP, valid_NxP, ...) -> refuse (or left-truncate) what exceeds max_length
   cut_at_eos(generated_NxG, eos_id) -> each row's ids before its first EOS
   to_host(x) -> a global array's full value on every process
   complete(params, apply_fn, tokenizer, prompts, ...) -> completions and speed statistics
@@ -25,6 +26,7 @@ import json
 import os
 import time
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -102,6 +104,33 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.nd
   return prompt_NxP, valid_NxP
 
 
+def fit_prompts(prompt_NxP: np.ndarray, valid_NxP: np.ndarray, *, gen_length: int,
+                max_length: int | None, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts that leave room for gen_length tokens within the model's trained length.
+
+  A model trained on sequences of `max_length` tokens has never seen a position beyond it;
+  sampling there gives garbage without a word. Prompt + gen_length > max_length is a
+  ValueError naming both numbers, or, with `truncate`, each prompt keeps its last
+  max_length - gen_length tokens (a warning says how many were cut). None: no limit.
+  """
+  longest = int(valid_NxP.sum(1).max())
+  if max_length is None or longest + gen_length <= max_length:
+    return prompt_NxP, valid_NxP
+  room = max_length - gen_length
+  if not truncate or room < 1:
+    raise ValueError(
+        f"The longest prompt has {longest} tokens; with gen_length={gen_length} that is "
+        f"{longest + gen_length} positions, more than the {max_length} the model was trained "
+        f"on (its config.data.seq_len). Shorten the prompts or gen_length"
+        + (", or pass --truncate_prompts to keep the last "
+           f"{room} tokens of each prompt." if room >= 1 else "."))
+  cut = int((valid_NxP.sum(1) > room).sum())
+  logging.warning("%d of %d prompts are longer than %d tokens (trained length %d - "
+                  "gen_length %d); keeping their last %d tokens.", cut, len(valid_NxP), room,
+                  max_length, gen_length, room)
+  return prompt_NxP[:, -room:], valid_NxP[:, -room:]
+
+
 def cut_at_eos(generated_NxG: np.ndarray, eos_id: int) -> list[np.ndarray]:
   """Each row's ids before its first EOS (the whole row if it has none)."""
   is_eos_NxG = np.asarray(generated_NxG) == eos_id
@@ -121,11 +150,14 @@ def to_host(x) -> np.ndarray:
 
 def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: int,
              causal: bool, batch_size: int, gen_length: int, key: jax.Array,
-             sampler_kwargs: dict | None = None, mesh: jax.sharding.Mesh | None = None) -> dict:
+             sampler_kwargs: dict | None = None, mesh: jax.sharding.Mesh | None = None,
+             max_length: int | None = None, truncate_prompts: bool = False) -> dict:
   """Generates a completion for every prompt with `generate` (or `generate_ar` if causal).
 
   sampler_kwargs: settings of the sampler (SAMPLER_SETTINGS; the rest default as in
     `resolve_sampler_settings`). Batch i uses the key fold_in(key, i).
+  max_length, truncate_prompts: the model's trained sequence length, and what to do with
+    prompts that leave no room for gen_length tokens within it (`fit_prompts`).
   mesh: if given, each batch is sharded over its data-parallel axes (batch_size must be a
     multiple of their size); every process passes the same prompts.
   Returns {"completions": texts, "completion_lengths": ids before EOS, "forward_passes":
@@ -143,7 +175,9 @@ def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: in
   if mesh is not None and batch_size % sharding.data_parallel_size(mesh):
     raise ValueError(f"batch_size={batch_size} is not a multiple of the mesh's data-parallel "
                      f"size {sharding.data_parallel_size(mesh)}.")
-  prompt_NxP, valid_NxP = encode_prompts(tokenizer, prompts)
+  prompt_NxP, valid_NxP = fit_prompts(*encode_prompts(tokenizer, prompts),
+                                      gen_length=gen_length, max_length=max_length,
+                                      truncate=truncate_prompts)
   N = len(prompts)
   num_batches = -(-N // batch_size)
   fill = np.minimum(np.arange(num_batches * batch_size), N - 1)  # Pad with the last prompt.
@@ -187,7 +221,8 @@ def complete(params, apply_fn, tokenizer, prompts: Sequence[str], *, mask_id: in
 def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task: str,
                   mask_id: int, causal: bool, batch_size: int, gen_length: int,
                   key: jax.Array, sampler_kwargs: dict | None = None,
-                  mesh: jax.sharding.Mesh | None = None) -> dict:
+                  mesh: jax.sharding.Mesh | None = None, max_length: int | None = None,
+                  truncate_prompts: bool = False) -> dict:
   """Completes the task's prompt of every example and scores the results.
 
   Returns {"accuracy": share of examples the task's `is_correct` accepts, "mean_reward":
@@ -204,7 +239,8 @@ def evaluate_task(params, apply_fn, tokenizer, examples: Sequence[dict], *, task
       raise ValueError(f"examples[{i}] is a {ex['task']!r} example, not {task!r}.")
   out = complete(params, apply_fn, tokenizer, [task_def.prompt(ex) for ex in examples],
                  mask_id=mask_id, causal=causal, batch_size=batch_size, gen_length=gen_length,
-                 key=key, sampler_kwargs=sampler_kwargs, mesh=mesh)
+                 key=key, sampler_kwargs=sampler_kwargs, mesh=mesh, max_length=max_length,
+                 truncate_prompts=truncate_prompts)
   completions = out["completions"]
   correct = [task_def.is_correct(c, ex) for c, ex in zip(completions, examples)]
   rewards_N = [task_def.reward(c, ex) for c, ex in zip(completions, examples)]

@@ -2,7 +2,8 @@
 
   python -m diffusionlm.sample --workdir=DIR --prompt=TEXT [--prompt=TEXT ...]
       [--num_samples=1] [--gen_length=64 --block_length=.. --steps=.. --temperature=..
-       --remasking=.. --cfg_scale=.. --decoding=.. --threshold=.. --cache=.. --seed=..]
+       --remasking=.. --cfg_scale=.. --decoding=.. --threshold=.. --cache=.. --seed=..
+       --truncate_prompts]
 
 Masked-diffusion runs sample with `generate` (LLaDA's semi-autoregressive sampler and its
 faster modes), AR runs (objective "ar") with the KV-cached `generate_ar`; see
@@ -49,7 +50,8 @@ def sample_from_flags(settings: dict) -> list[list[str]]:
       run.params, run.apply_fn, run.tokenizer, prompts, mask_id=run.model_config.mask_id,
       causal=run.model_config.causal, batch_size=-(-len(prompts) // ways) * ways,
       gen_length=FLAGS.gen_length, key=jax.random.key(FLAGS.seed), sampler_kwargs=settings,
-      mesh=run.setup.mesh)
+      mesh=run.setup.mesh, max_length=run.setup.config.data.seq_len,
+      truncate_prompts=FLAGS.truncate_prompts)
   n = FLAGS.num_samples
   per_prompt = [out["completions"][i * n:(i + 1) * n] for i in range(len(FLAGS.prompt))]
   for prompt, completions in zip(FLAGS.prompt, per_prompt):

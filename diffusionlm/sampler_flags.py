@@ -24,6 +24,9 @@ def define_flags() -> None:
   """
   flags.DEFINE_integer("gen_length", 64, "Tokens to generate after each prompt.")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the sampler.")
+  flags.DEFINE_bool("truncate_prompts", False, "Keep the last tokens of prompts that leave "
+                    "no room for --gen_length within the model's trained sequence length "
+                    "(default: refuse them with an error).")
   flags.DEFINE_float("temperature", None, "Sampling temperature; 0 (default) = greedy.")
   flags.DEFINE_integer("block_length", None, "Semi-autoregressive block length (diffusion); "
                        "default: the largest divisor of gen_length up to 32.")

@@ -145,3 +145,38 @@ def test_one_unreadable_checkpoint_gives_one_warning_and_no_traceback_flood(tfds
   assert "Event loop is closed" not in result.stderr, result.stderr[-3000:]
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   assert os.path.isdir(os.path.join(checkpoint.checkpoint_dir(workdir), "corrupt-4"))
+
+
+# ---- Prompts longer than the model's trained length ---------------------------------------
+
+
+def test_prompts_that_leave_no_room_are_refused_naming_both_lengths():
+  from diffusionlm import generation  # pylint: disable=g-import-not-at-top
+  prompt_NxP = np.arange(1, 21, dtype=np.int32).reshape(2, 10)
+  valid_NxP = np.ones((2, 10), bool)
+  valid_NxP[1, :4] = False  # The second prompt has 6 tokens, left-padded.
+  same = generation.fit_prompts(prompt_NxP, valid_NxP, gen_length=6, max_length=16)
+  assert same[0] is prompt_NxP and same[1] is valid_NxP  # 10 + 6 fits exactly.
+  with pytest.raises(ValueError, match=r"10 tokens.*gen_length=8.*18 positions.*16 the model "
+                                       r"was trained on.*--truncate_prompts.*last 8 tokens"):
+    generation.fit_prompts(prompt_NxP, valid_NxP, gen_length=8, max_length=16)
+  with pytest.raises(ValueError, match="Shorten the prompts or gen_length.$"):
+    generation.fit_prompts(prompt_NxP, valid_NxP, gen_length=16, max_length=16, truncate=True)
+
+
+def test_truncation_keeps_the_last_tokens_of_each_prompt():
+  from diffusionlm import generation  # pylint: disable=g-import-not-at-top
+  prompt_NxP = np.arange(1, 21, dtype=np.int32).reshape(2, 10)
+  valid_NxP = np.ones((2, 10), bool)
+  valid_NxP[1, :4] = False
+  cut_NxP, cut_valid_NxP = generation.fit_prompts(prompt_NxP, valid_NxP, gen_length=8,
+                                                  max_length=16, truncate=True)
+  np.testing.assert_array_equal(cut_NxP, prompt_NxP[:, -8:])
+  np.testing.assert_array_equal(cut_valid_NxP.sum(1), [8, 6])  # The short prompt is whole.
+
+
+def test_loading_a_run_without_checkpoints_says_so(tmp_path):
+  from diffusionlm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / "run" / "checkpoints")
+  with pytest.raises(ValueError, match=r"--workdir=.*run.*has no checkpoint yet"):
+    checkpoint.restore_params(str(tmp_path / "run"), None, source="--workdir")
