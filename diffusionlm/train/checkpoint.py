@@ -155,15 +155,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
-def restore_params(workdir: str, abstract_params):
+def restore_params(workdir: str, abstract_params, *, source: str = "config.init_from"):
   """Parameters of the newest loadable checkpoint of another run (`config.init_from`).
 
   Only the parameters are read (optimizer state, step and data position are not), so a
-  pretraining run can start an SFT run, and an SFT run an RL run.
+  pretraining run can start an SFT run, and an SFT run an RL run. `source` names where
+  `workdir` came from in errors (a config field or a flag).
   """
   directory = epath.Path(checkpoint_dir(workdir)).absolute()
-  if not directory.exists():
-    raise ValueError(f"config.init_from={workdir!r}: no checkpoints directory {directory}.")
+  if not directory.exists() or not any(p.name.isdigit() for p in directory.iterdir()):
+    raise ValueError(f"{source}={workdir!r}: the run has no checkpoint yet (nothing in "
+                     f"{directory}); train it first, or point at a run that saved one.")
   _ignore_orbax_closed_event_loop_reports()
   manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA, CONFIG),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
@@ -181,5 +183,5 @@ def restore_params(workdir: str, abstract_params):
       logging.warning("init_from: checkpoint step %d of %s failed to load: %s", step, directory,
                       short_error(e))
       errors.append(f"step {step}: {short_error(e)}")
-  raise ValueError(f"config.init_from={workdir!r}: no loadable checkpoint in {directory}. "
+  raise ValueError(f"{source}={workdir!r}: no loadable checkpoint in {directory}. "
                    + "; ".join(errors))
