@@ -405,32 +405,56 @@ def _six_n(n):
   return 6.0 * n
 
 
+_INV_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _optimal_log_params(fit: FitResult, log_computes, unique_tokens: float, flops_per_token_fn,
+                        *, grid_size: int = 512, golden_steps: int = 40):
+  """argmin over log N of L(N, C / f(N), U) for each C, vectorised over C.
+
+  A `grid_size`-point grid on log N in [0, log C] (N with C / f(N) < 1 token excluded), then
+  `golden_steps` golden-section steps between the grid neighbours of the best point
+  (the bracket shrinks to 0.618^40 ~ 4e-9 of two grid steps; the loss error is its square).
+  """
+  log_c = np.atleast_1d(np.asarray(log_computes, dtype=np.float64))[:, None]
+
+  def loss_at(log_n):
+    n = np.exp(log_n)
+    tokens = np.exp(log_c) / flops_per_token_fn(n)
+    return np.where(tokens >= 1.0, predict(fit, n, tokens, unique_tokens), np.inf)
+
+  log_n_grid = np.linspace(0.0, 1.0, grid_size)[None, :] * log_c
+  best = np.argmin(loss_at(log_n_grid), axis=1)[:, None]
+  lo = np.take_along_axis(log_n_grid, np.maximum(best - 1, 0), axis=1)
+  hi = np.take_along_axis(log_n_grid, np.minimum(best + 1, grid_size - 1), axis=1)
+  x1, x2 = hi - _INV_GOLDEN * (hi - lo), lo + _INV_GOLDEN * (hi - lo)
+  f1, f2 = loss_at(x1), loss_at(x2)
+  for _ in range(golden_steps):  # One new point per step: the other interior one is kept.
+    left = f1 <= f2  # The minimum is in [lo, x2]; else in [x1, hi].
+    lo, hi = np.where(left, lo, x1), np.where(left, x2, hi)
+    kept_x, kept_f = np.where(left, x1, x2), np.where(left, f1, f2)
+    new_x = np.where(left, hi - _INV_GOLDEN * (hi - lo), lo + _INV_GOLDEN * (hi - lo))
+    new_f = loss_at(new_x)
+    x1, f1 = np.where(left, new_x, kept_x), np.where(left, new_f, kept_f)
+    x2, f2 = np.where(left, kept_x, new_x), np.where(left, kept_f, new_f)
+  left = f1 <= f2
+  return np.where(left, x1, x2)[:, 0], np.where(left, f1, f2)[:, 0]
+
+
 def optimal_loss(fit: FitResult, compute: float, unique_tokens: float, *,
                  flops_per_token_fn: Callable = _six_n) -> tuple[float, float, float]:
   """(loss, N, D): the best loss the law reaches with C = flops_per_token_fn(N) D.
 
-  Minimises L(N, C / f(N), U) over log N: a 512-point grid on [1, C], then bounded Brent
-  between the grid neighbours of the best point. D < U means less than one epoch.
+  Minimises L(N, C / f(N), U) over log N: a 512-point grid on [1, C], then golden-section
+  search between the grid neighbours of the best point. D < U means less than one epoch.
   `flops_per_token_fn` must accept numpy arrays and use the fit's convention for N.
   """
   if not (compute > 0 and unique_tokens > 0):
     raise ValueError(f"compute and unique_tokens must be positive, got {compute}, "
                      f"{unique_tokens}")
-
-  def loss_at(log_n):
-    n = np.exp(log_n)
-    return predict(fit, n, compute / flops_per_token_fn(n), unique_tokens)
-
-  log_n_grid = np.linspace(0.0, math.log(compute), 512)
-  losses = np.where(compute / flops_per_token_fn(np.exp(log_n_grid)) >= 1.0,
-                    loss_at(log_n_grid), np.inf)
-  i = int(np.argmin(losses))
-  lo, hi = log_n_grid[max(i - 1, 0)], log_n_grid[min(i + 1, log_n_grid.size - 1)]
-  res = optimize.minimize_scalar(lambda x: float(loss_at(x)), bounds=(lo, hi),
-                                 method="bounded", options={"xatol": 1e-10})
-  log_n = res.x if res.fun <= losses[i] else log_n_grid[i]
-  n = math.exp(log_n)
-  return float(loss_at(log_n)), n, compute / float(flops_per_token_fn(n))
+  log_n, loss = _optimal_log_params(fit, math.log(compute), unique_tokens, flops_per_token_fn)
+  n = math.exp(log_n[0])
+  return float(loss[0]), n, compute / float(flops_per_token_fn(n))
 
 
 def critical_compute(fit_ar: FitResult, fit_mdm: FitResult, unique_tokens: float, *,
@@ -452,12 +476,12 @@ def critical_compute(fit_ar: FitResult, fit_mdm: FitResult, unique_tokens: float
     raise ValueError(f"compute_range must be increasing, got {compute_range}")
 
   def gap(log_c):
-    best = [optimal_loss(f, math.exp(log_c), unique_tokens,
-                         flops_per_token_fn=flops_per_token_fn)[0] for f in (fit_mdm, fit_ar)]
-    return best[0] - best[1]
+    mdm, ar = (_optimal_log_params(f, log_c, unique_tokens, flops_per_token_fn)[1]
+               for f in (fit_mdm, fit_ar))
+    return mdm - ar
 
   grid = np.linspace(lo, hi, max(2, int(points_per_decade * (hi - lo) / math.log(10)) + 1))
-  gaps = np.array([gap(x) for x in grid])
+  gaps = gap(grid)
   if gaps[-1] >= 0:
     raise ValueError(f"diffusion never beats AR up to compute {compute_range[1]:.3g} "
                      f"for U={unique_tokens:.3g}; raise compute_range")
@@ -466,7 +490,8 @@ def critical_compute(fit_ar: FitResult, fit_mdm: FitResult, unique_tokens: float
     raise ValueError(f"diffusion already beats AR at compute {compute_range[0]:.3g} "
                      f"for U={unique_tokens:.3g}; lower compute_range")
   i = int(ar_better[-1])
-  return math.exp(optimize.brentq(gap, grid[i], grid[i + 1], xtol=1e-12, rtol=1e-12))
+  return math.exp(optimize.brentq(lambda x: float(gap(x)[0]), grid[i], grid[i + 1],
+                                  xtol=1e-12, rtol=1e-12))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,3 +516,20 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> PowerLaw:
   exponent, log_k = np.polyfit(np.log(x), np.log(y), 1)
   return PowerLaw(float(math.exp(log_k)), float(exponent),
                   _r2(log_k + exponent * np.log(x), np.log(y)))
+
+
+def critical_compute_law(fit_ar: FitResult, fit_mdm: FitResult,
+                         unique_tokens: Sequence[float], **critical_compute_kwargs) -> PowerLaw:
+  """C_crit(U) = k U^gamma fitted (`fit_power_law`) to `critical_compute` at each U.
+
+  Prabhudesai et al. (2025) report gamma = 2.174. When both laws share E, alpha and beta,
+  C = c U^(1 + beta/alpha) leaves (U / C)^alpha proportional to U^-beta, so both optimal
+  losses are E + U^-beta h(c) and the crossing c is the same for every U: gamma is exactly
+  1 + beta / alpha.
+  """
+  unique_tokens = np.asarray(unique_tokens, dtype=np.float64)
+  if unique_tokens.ndim != 1 or len(np.unique(unique_tokens)) < 2:
+    raise ValueError(f"unique_tokens: need at least two distinct U values, got {unique_tokens}")
+  crit = [critical_compute(fit_ar, fit_mdm, float(u), **critical_compute_kwargs)
+          for u in unique_tokens]
+  return fit_power_law(unique_tokens, crit)
