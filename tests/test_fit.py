@@ -1,4 +1,4 @@
-"""The data-constrained law, its two-stage fit, critical compute and the sweep plots."""
+"""The data-constrained law, its staged fit, critical compute and the sweep plots."""
 import math
 import os
 import types
@@ -94,7 +94,9 @@ def test_fit_recovers_known_constants(fitted, name):
   assert got.rd_star == pytest.approx(law.rd_star, rel=0.25)
   assert got.rn_star == pytest.approx(law.rn_star, rel=0.5)
   assert got.r2 > 0.99 and got.r2_stage1 > 0.99 and got.r2_repeated > 0.99
-  assert got.num_points == 130 + 60 and got.num_points_stage1 == 130
+  # Stage 1 keeps the single-epoch runs below the fitted N_opt: all 130 up to the few that
+  # the noise puts just above it.
+  assert got.num_points == 130 + 60 and 125 <= got.num_points_stage1 <= 130
 
 
 def test_fit_without_repeats_leaves_decays_off():
@@ -102,7 +104,7 @@ def test_fit_without_repeats_leaves_decays_off():
   points = [types.SimpleNamespace(**p) for p in _synthetic_points(AR, seed=3, repeats=False)]
   got = fit_lib.fit_data_constrained(points, num_starts=8)
   assert got.rd_star == math.inf and got.rn_star == math.inf
-  assert math.isnan(got.r2_repeated) and got.r2 == got.r2_stage1 > 0.99
+  assert math.isnan(got.r2_repeated) and got.r2 > 0.99 and got.r2_stage1 > 0.99
 
 
 def test_fit_rn_star_can_be_disabled():
@@ -118,7 +120,7 @@ def test_fit_rejects_bad_points():
   with pytest.raises(ValueError, match="point 0: loss must be a positive"):
     fit_lib.fit_data_constrained([{**good[0], "loss": -1.0}] + good)
   repeated_only = [{**p, "U": p["D"] / 4} for p in good]
-  with pytest.raises(ValueError, match="at least 5 runs with at most one epoch"):
+  with pytest.raises(ValueError, match="stage 1 needs at least 5 runs .* got 0 runs with at most one"):
     fit_lib.fit_data_constrained(repeated_only)
 
 

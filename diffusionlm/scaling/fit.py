@@ -158,10 +158,11 @@ def _log_saturated(repeats, log_r_star: float):
   if math.isinf(log_r_star):
     return np.log1p(repeats), np.zeros_like(repeats)
   r_star = math.exp(log_r_star)
-  x = repeats / r_star
-  gain = -r_star * np.expm1(-x)
-  d_gain = r_star * (-np.expm1(-x) - x * np.exp(-x))  # d gain / d log R*.
-  return np.log1p(gain), d_gain / (1.0 + gain)
+  with np.errstate(over="ignore", invalid="ignore"):  # R = inf (see `_repeats`): gain R*.
+    x = repeats / r_star
+    gain = -r_star * np.expm1(-x)
+    d_gain = r_star * (-np.expm1(-x) - np.where(np.isinf(x), 0.0, x * np.exp(-x)))
+  return np.log1p(gain), d_gain / (1.0 + gain)  # d gain / d log R* above.
 
 
 def _repeats(runs: Runs, theta):
@@ -170,7 +171,8 @@ def _repeats(runs: Runs, theta):
   r_d = np.maximum(runs.d / u_d - 1.0, 0.0)
   log_n = np.log(runs.n)
   log_u_n = log_n if theta is None else np.minimum(log_n, _log_unique_params(theta, np.log(u_d)))
-  r_n = np.maximum(np.expm1(log_n - log_u_n), 0.0)
+  with np.errstate(over="ignore"):  # R_N = inf for an absurd trial N_opt: L stays finite.
+    r_n = np.maximum(np.expm1(log_n - log_u_n), 0.0)
   return log_u_n, r_n, np.log(u_d), r_d
 
 
@@ -269,7 +271,7 @@ def _r2(predicted, observed) -> float:
 def _identifiability_problem(runs: Runs) -> str | None:
   """Why stage 1 cannot identify E, A, B, alpha, beta from `runs`, or None."""
   if len(runs) < 5:
-    return f"needs at least 5 runs to fit E, A, B, alpha, beta; got {len(runs)}"
+    return "needs at least 5 runs to fit E, A, B, alpha, beta"
   if len(np.unique(runs.n)) < 2 or len(np.unique(runs.d)) < 2:
     return "needs at least two model sizes N and two token counts D to identify alpha and beta"
   return None
@@ -280,8 +282,8 @@ def _fit_stage1(runs: Runs, *, delta, num_starts):
   single = np.flatnonzero(runs.single_epoch)
   problem = _identifiability_problem(runs.take(single))
   if problem:
-    raise ValueError(f"points: stage 1 (the single-epoch runs, D <= U) {problem}; got "
-                     f"{single.size} runs with at most one epoch")
+    raise ValueError(f"points: stage 1 {problem}; got {single.size} runs with at most one "
+                     "epoch (D <= U)")
   chosen, seen, theta, iterations = single, [], None, 0
   while True:
     stage1 = runs.take(chosen)
