@@ -170,7 +170,14 @@ def test_plots_write_png_files(tmp_path):
                            loss=float(fit_lib.predict(law, n, d, u))))
   paths = [plot.plot_loss_vs_epochs(rows, str(tmp_path / "epochs.png")),
            plot.plot_loss_vs_flops(rows, str(tmp_path / "flops.png")),
-           plot.plot_fit(rows, {"ar": AR, "mdm": MDM}, str(tmp_path / "sub" / "fit.png"))]
+           plot.plot_fit(rows, {"ar": AR, "mdm": MDM}, str(tmp_path / "sub" / "fit.png"),
+                         intervals={"ar": {"rd_star": (10.0, 20.0)}}),
+           plot.plot_critical_compute(
+               {"critical_compute": {"1e+08": 1e18, "1e+09": 1e20},
+                "critical_compute_intervals": {"1e+08": [5e17, 2e18], "1e+09": [1e19, "inf"]},
+                "critical_compute_law": {"exponent": 2.0, "coefficient": 100.0,
+                                         "unique_tokens": [1e7, 1e10]}},
+               str(tmp_path / "c_crit.png"))]
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

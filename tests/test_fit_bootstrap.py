@@ -65,10 +65,11 @@ def _noisy_runs(law, seed, noise=0.01):
 
 def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
   # 20 noisy data sets x 7 constants, 30 resamples each; coverage pooled over all 140.
-  # Measured with 40 seeds: 90% intervals cover 268 of 280 (0.957). The bounds are > 4
-  # binomial standard deviations from those rates even if the 7 constants of a data set
-  # were one trial (n = 20): 90% intervals that were 2x too narrow would cover ~0.6, and
-  # intervals far too wide would push the 50% ones towards 1.
+  # Measured: 0.95 (90% intervals) and 0.51 (50%) here; 0.89/0.47 and 0.76/0.51 on two other
+  # sets of 16 seeds. A data set's 7 constants tend to miss together, so the spread is that
+  # of ~20 trials (sd ~0.07 at 0.9, ~0.11 at 0.5): the bounds are ~3 sd from those rates. A
+  # broken interval fails: zero width covers nothing, 3x too narrow covers ~0.4 at 90%, and
+  # too wide (or the wrong quantiles) pushes the 50% intervals to ~0.9.
   covered = {0.9: [], 0.5: []}
   for seed in range(20):
     runs = _noisy_runs(MUENNIGHOFF, seed)
@@ -78,8 +79,8 @@ def test_bootstrap_intervals_cover_the_truth_at_their_nominal_rate():
       intervals = bootstrap.constant_intervals(replicates, level)
       hits += [getattr(MUENNIGHOFF, k) in intervals[k] for k in fit_lib.CONSTANTS]
   rate = {level: np.mean(hits) for level, hits in covered.items()}
-  assert 0.75 <= rate[0.9] <= 1.0, rate
-  assert 0.25 <= rate[0.5] <= 0.75, rate
+  assert rate[0.9] >= 0.65, rate
+  assert 0.2 <= rate[0.5] <= 0.8, rate
 
 
 def test_bootstrap_is_seeded_and_checks_its_input():

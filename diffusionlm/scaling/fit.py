@@ -304,7 +304,7 @@ def _fit_stage1(runs: Runs, *, delta, num_starts):
     chosen = nxt
 
 
-def _refine_jointly(theta, free, runs: Runs, *, delta):
+def _refine_jointly(theta, free, runs: Runs, *, delta, tol=1e-12):
   """Stage 3: theta[free] by least squares with the Huber loss on all runs, U_N following
   theta (module docstring)."""
   theta = np.asarray(theta, dtype=np.float64).copy()
@@ -322,9 +322,9 @@ def _refine_jointly(theta, free, runs: Runs, *, delta):
 
   if not np.all(np.isfinite(residual(x0))):
     raise ValueError("fit failed: the law is not finite at the stage-2 solution")
-  res = optimize.least_squares(residual, x0, jac="3-point", bounds=(lower, upper),
-                               loss="huber", f_scale=delta, x_scale="jac", ftol=1e-12,
-                               xtol=1e-12, gtol=1e-12, max_nfev=500 * len(free))
+  res = optimize.least_squares(residual, x0, jac="2-point", bounds=(lower, upper),
+                               loss="huber", f_scale=delta, x_scale="jac", ftol=tol, xtol=tol,
+                               gtol=tol, max_nfev=500 * len(free))
   theta[free] = res.x
   return theta
 
@@ -379,10 +379,13 @@ def fit_data_constrained(points: Sequence[Any], *, fit_rn_star: bool = True,
                   num_starts=num_starts)
 
 
-def refit_from(fit: FitResult, runs: Runs, *, huber_delta: float = 1e-3) -> FitResult:
+def refit_from(fit: FitResult, runs: Runs, *, huber_delta: float = 1e-3,
+               tol: float = 1e-8) -> FitResult:
   """Stage 3 alone on `runs`, started from `fit`: the constants `fit` has fitted (its
-  finite R*) refined jointly. The bootstrap's refit of each resample."""
-  theta = _refine_jointly(_theta(fit), _free_constants(_theta(fit)), runs, delta=huber_delta)
+  finite R*) refined jointly, to relative tolerance `tol` (least_squares' ftol, xtol and
+  gtol; 1e-8 is far below any bootstrap spread). The bootstrap's refit of each resample."""
+  theta = _refine_jointly(_theta(fit), _free_constants(_theta(fit)), runs, delta=huber_delta,
+                          tol=tol)
   return _result(theta, runs)
 
 
