@@ -131,8 +131,10 @@ class Runs:
 
 
 def _theta(fit: FitResult) -> np.ndarray:
-  return np.array([math.log(fit.E), math.log(fit.A), math.log(fit.B), fit.alpha, fit.beta,
-                   math.log(fit.rd_star), math.log(fit.rn_star)])
+  """theta = (e, a, b, alpha, beta, log R_D*, log R_N*); E = 0 (an underflowed e) is -inf."""
+  with np.errstate(divide="ignore"):
+    return np.concatenate([np.log([fit.E, fit.A, fit.B]), [fit.alpha, fit.beta],
+                           np.log([fit.rd_star, fit.rn_star])])
 
 
 def _constants(theta) -> dict[str, float]:
