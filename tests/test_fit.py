@@ -1,4 +1,4 @@
-"""The data-constrained law, its two-stage fit, critical compute and the sweep plots."""
+"""The data-constrained law, its staged fit, critical compute and the sweep plots."""
 import math
 import os
 import types
@@ -94,7 +94,9 @@ def test_fit_recovers_known_constants(fitted, name):
   assert got.rd_star == pytest.approx(law.rd_star, rel=0.25)
   assert got.rn_star == pytest.approx(law.rn_star, rel=0.5)
   assert got.r2 > 0.99 and got.r2_stage1 > 0.99 and got.r2_repeated > 0.99
-  assert got.num_points == 130 + 60 and got.num_points_stage1 == 130
+  # Stage 1 keeps the single-epoch runs below the fitted N_opt: all 130 up to the few that
+  # the noise puts just above it.
+  assert got.num_points == 130 + 60 and 125 <= got.num_points_stage1 <= 130
 
 
 def test_fit_without_repeats_leaves_decays_off():
@@ -102,7 +104,7 @@ def test_fit_without_repeats_leaves_decays_off():
   points = [types.SimpleNamespace(**p) for p in _synthetic_points(AR, seed=3, repeats=False)]
   got = fit_lib.fit_data_constrained(points, num_starts=8)
   assert got.rd_star == math.inf and got.rn_star == math.inf
-  assert math.isnan(got.r2_repeated) and got.r2 == got.r2_stage1 > 0.99
+  assert math.isnan(got.r2_repeated) and got.r2 > 0.99 and got.r2_stage1 > 0.99
 
 
 def test_fit_rn_star_can_be_disabled():
@@ -118,7 +120,7 @@ def test_fit_rejects_bad_points():
   with pytest.raises(ValueError, match="point 0: loss must be a positive"):
     fit_lib.fit_data_constrained([{**good[0], "loss": -1.0}] + good)
   repeated_only = [{**p, "U": p["D"] / 4} for p in good]
-  with pytest.raises(ValueError, match="at least 5 runs with at most one epoch"):
+  with pytest.raises(ValueError, match="stage 1 needs at least 5 runs .* got 0 runs with at most one"):
     fit_lib.fit_data_constrained(repeated_only)
 
 
@@ -168,7 +170,14 @@ def test_plots_write_png_files(tmp_path):
                            loss=float(fit_lib.predict(law, n, d, u))))
   paths = [plot.plot_loss_vs_epochs(rows, str(tmp_path / "epochs.png")),
            plot.plot_loss_vs_flops(rows, str(tmp_path / "flops.png")),
-           plot.plot_fit(rows, {"ar": AR, "mdm": MDM}, str(tmp_path / "sub" / "fit.png"))]
+           plot.plot_fit(rows, {"ar": AR, "mdm": MDM}, str(tmp_path / "sub" / "fit.png"),
+                         intervals={"ar": {"rd_star": (10.0, 20.0)}}),
+           plot.plot_critical_compute(
+               {"critical_compute": {"1e+08": 1e18, "1e+09": 1e20},
+                "critical_compute_intervals": {"1e+08": [5e17, 2e18], "1e+09": [1e19, "inf"]},
+                "critical_compute_law": {"exponent": 2.0, "coefficient": 100.0,
+                                         "unique_tokens": [1e7, 1e10]}},
+               str(tmp_path / "c_crit.png"))]
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"

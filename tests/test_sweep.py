@@ -200,7 +200,7 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
   sweep.write_csv(rows, str(tmp_path / "runs.csv"))
   cli = [sys.executable, "-m", "diffusionlm.scaling"]
   out = subprocess.run(cli + ["fit", f"--root={tmp_path}", "--fit_rn_star=false",
-                              "--num_starts=4"],
+                              "--num_starts=4", "--num_resamples=3"],
                        check=True, cwd=REPO, capture_output=True, text=True).stdout
   with open(tmp_path / "fit.json") as f:
     saved = json.load(f)
@@ -213,8 +213,17 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
     want = fit_lib.critical_compute(LAWS["ar"], LAWS["mdm"], u)
     assert saved["critical_compute"][f"{u:g}"] == pytest.approx(want, rel=0.05)
   assert "R_D*=" in out and "C_crit(U=1e+08)" in out
+  law = saved["critical_compute_law"]  # The true laws' C_crit(U) exponent, found again.
+  want = fit_lib.critical_compute_law(LAWS["ar"], LAWS["mdm"], law["unique_tokens"])
+  assert law["exponent"] == pytest.approx(want.exponent, rel=0.01)
+  lo, hi = saved["intervals"]["ar"]["alpha"]
+  assert lo <= saved["fits"]["ar"]["alpha"] <= hi
+  # Stage 1: the single-epoch runs not over-parametrised (N = 1e7 is, at U = 1e8).
+  below = [r["name"] for r in rows if r["objective"] == "ar" and r["epochs"] <= 1 and
+           r["N"] <= fit_lib.unique_params(LAWS["ar"], min(r["U"], r["D"]))]
+  assert sorted(saved["stages"]["ar"]["stage1"]) == sorted(below) and len(below) == 10
   subprocess.run(cli + ["plot", f"--root={tmp_path}"], check=True, cwd=REPO, capture_output=True)
-  for name in ("loss_vs_epochs", "loss_vs_flops", "fit"):
+  for name in ("loss_vs_epochs", "loss_vs_flops", "fit", "critical_compute"):
     with open(tmp_path / "plots" / f"{name}.png", "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -1,9 +1,11 @@
-"""PNG plots of a data-constrained sweep: loss vs epochs, loss vs FLOPs, the fitted law.
+"""PNG plots of a data-constrained sweep: loss vs epochs, loss vs FLOPs, the fitted law and
+critical compute C_crit(U).
 
 `rows` are one dict per finished run with keys objective, N, U, epochs, D, flops, loss.
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot state, no display needed).
 """
 import collections
+import math
 import os
 from typing import Mapping, Sequence
 
@@ -106,10 +108,21 @@ def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str, *,
   return _save(fig, out_path)
 
 
+def _with_interval(name: str, value: float, intervals: Mapping) -> str:
+  """"R_D*=15.4 [12.1, 19]": the value and, if there is one, its interval."""
+  text = f"{name}={value:.3g}"
+  key = {"R_D*": "rd_star", "R_N*": "rn_star"}.get(name, name)
+  if key in intervals:
+    lo, hi = intervals[key]
+    text += f" [{lo:.3g}, {hi:.3g}]"
+  return text
+
+
 def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
-             out_path: str, *, ylabel: str = "validation loss") -> str:
+             out_path: str, *, ylabel: str = "validation loss",
+             intervals: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> str:
   """Runs (dots) and the fitted law (lines) vs epochs, one panel per fitted objective and
-  one colour per (U, N)."""
+  one colour per (U, N). intervals: {objective: {constant: (lo, hi)}}, shown in the titles."""
   _check_rows(rows)
   objectives = [o for o in sorted(fits) if any(r["objective"] == o for r in rows)]
   if not objectives:
@@ -128,8 +141,61 @@ def plot_fit(rows: Sequence[Mapping], fits: Mapping[str, fit_lib.FitResult],
       ax.plot(grid, fit_lib.predict(fit, n, grid * u, u), color=colors[(u, n)],
               label=f"U={_number(u)}, N={_number(n)}")
     r2 = "" if np.isnan(fit.r2) else f", R^2={fit.r2:.3f}"
-    ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
-           title=f"{objective}: R_D*={fit.rd_star:.3g}, R_N*={fit.rn_star:.3g}{r2}")
+    own_intervals = (intervals or {}).get(objective, {})
+    title = (f"{objective}: " + ", ".join(
+        _with_interval(name, getattr(fit, key), own_intervals)
+        for name, key in (("alpha", "alpha"), ("beta", "beta"))) + "\n" + ", ".join(
+        _with_interval(name, getattr(fit, key), own_intervals)
+        for name, key in (("R_D*", "rd_star"), ("R_N*", "rn_star"))) + r2)
+    ax.set(xscale="log", xlabel="epochs", ylabel=ylabel, title=title)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=6)
   return _save(fig, out_path)
+
+
+PRABHUDESAI_EXPONENT = 2.174  # C_crit proportional to U^2.174 (Prabhudesai et al., 2025).
+
+
+def plot_critical_compute(saved: Mapping, out_path: str) -> str:
+  """C_crit(U) from a fit.json written by `fit`: the value at each U of the sweep with its
+  bootstrap interval, the fitted power law k U^gamma over its U grid, and a line of the
+  paper's slope 2.174 through the law's middle for comparison."""
+  law = saved.get("critical_compute_law", {})
+  points = {float(u): c for u, c in saved.get("critical_compute", {}).items() if c is not None}
+  if not points and "exponent" not in law:
+    raise ValueError("the fit has no critical compute to plot (needs AR and diffusion fits "
+                     "that cross)")
+  fig = Figure(figsize=(6.4, 4.4))
+  ax = fig.add_subplot()
+  if "exponent" in law:
+    grid = np.geomspace(min(law["unique_tokens"]), max(law["unique_tokens"]), 50)
+    band = law.get("exponent_interval")
+    band_text = f" [{band[0]:.3g}, {band[1]:.3g}]" if band and None not in band else ""
+    ax.plot(grid, law["coefficient"] * grid**law["exponent"], color="C0",
+            label=f"fit: {law['coefficient']:.3g} U^{law['exponent']:.3f}{band_text}")
+    middle = math.sqrt(grid[0] * grid[-1])
+    at_middle = law["coefficient"] * middle**law["exponent"]
+    ax.plot(grid, at_middle * (grid / middle)**PRABHUDESAI_EXPONENT, color="gray",
+            linestyle="--", label=f"slope {PRABHUDESAI_EXPONENT} (Prabhudesai et al.)")
+  if points:
+    u = np.array(sorted(points))
+    c = np.array([points[x] for x in u])
+    intervals = saved.get("critical_compute_intervals", {})
+    lo_hi = np.array([[_json_float(v) for v in intervals.get(f"{x:g}", (np.nan, np.nan))]
+                      for x in u])
+    finite = np.isfinite(lo_hi).all(axis=1) & (lo_hi[:, 0] > 0)
+    ax.scatter(u, c, color="C1", zorder=3, label="C_crit at the sweep's U")
+    if finite.any():
+      ax.errorbar(u[finite], c[finite], yerr=[c[finite] - lo_hi[finite, 0],
+                                              lo_hi[finite, 1] - c[finite]],
+                  fmt="none", ecolor="C1", capsize=3,
+                  label=f"{saved.get('interval_level', 0.95):.0%} bootstrap interval")
+  ax.set(xscale="log", yscale="log", xlabel="unique tokens U", ylabel="C_crit (FLOPs, 6ND)",
+         title="Critical compute: diffusion beats AR above C_crit(U)")
+  ax.legend(fontsize=7)
+  return _save(fig, out_path)
+
+
+def _json_float(v) -> float:
+  """A fit.json number: "inf" -> inf, null -> nan."""
+  return math.nan if v is None else float(v)
