@@ -29,7 +29,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
-        # Hugging Face checkpoint import (diffusionlm/models/convert.py needs safetensors;
+        # Hugging Face checkpoint import (diffusionlm/train/convert.py needs safetensors;
         # its tests compare against transformers' Llama on torch: pytest -m convert).
         "convert": ["torch", "transformers>=5.0"],
     },

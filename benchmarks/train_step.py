@@ -17,7 +17,7 @@ import numpy as np
 
 from configs import base
 from diffusionlm.scaling import flops
-from diffusionlm.train import metrics, sharding, trainer
+from diffusionlm.train import metrics, sharding, train_state, trainer
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu"], "Model sizes and dtype.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per row (after one warm-up step).")
@@ -41,8 +41,8 @@ def bench_row(name, shape, objective, dtype, peak, steps):
   c.data.seq_len = seq_len
   c.global_batch_size = batch_size
   c.diffusion.random_length_prob = 0.0
-  setup = trainer.build(c, vocab_size=vocab)
-  state = trainer.make_init_fn(setup)(jax.random.key(0))
+  setup = train_state.build(c, vocab_size=vocab)
+  state = train_state.make_init_fn(setup)(jax.random.key(0))
   rng = np.random.default_rng(0)
   local = {"tokens": rng.integers(0, setup.model_config.vocab_size, (batch_size, seq_len), dtype=np.int32),
            "valid": np.ones((batch_size, seq_len), bool)}

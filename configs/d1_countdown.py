@@ -11,7 +11,7 @@ Needs accelerators (see docs/launch.md) and LLaDA-8B-Instruct imported once:
 
 The problems are our generated ones with three numbers (--config.data.dataset=countdown:4
 for four), not d1's Countdown data, and the prompt and response formats are ours
-(diffusionlm/data/formatting.py), not d1's instruction prompt. The shared settings and their
+(diffusionlm/tasks/countdown.py), not d1's instruction prompt. The shared settings and their
 sources are in configs/llada_8b_rl.py (`d1_config`).
 """
 from configs import llada_8b_rl

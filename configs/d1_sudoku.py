@@ -10,7 +10,7 @@ Needs accelerators (see docs/launch.md) and LLaDA-8B-Instruct imported once:
       --block_length=32 --steps=128
 
 The puzzles are our generated 4x4 ones (each with a unique solution), not d1's puzzle file,
-and the prompt and response formats are ours (diffusionlm/data/formatting.py: the puzzle as
+and the prompt and response formats are ours (diffusionlm/tasks/sudoku.py: the puzzle as
 16 digits, the answer as 16 digits), not d1's instruction prompt. The shared settings and
 their sources are in configs/llada_8b_rl.py (`d1_config`).
 """

@@ -11,7 +11,7 @@ objective but "ar" works, e.g. --config.objective=mdm with a text dataset):
 The argument is the converted run directory: parameters (init_from) and tokenizer come from
 it. Shape, as LLaDA's config.json: vocabulary 126464 with the mask token 126336 inside it
 (our mask is the extra id 126464, whose embedding the converter copies from row 126336; see
-diffusionlm/models/convert.py), 32 layers, d_model 4096, 32 heads without grouped-query
+diffusionlm/train/convert.py), 32 layers, d_model 4096, 32 heads without grouped-query
 attention, SwiGLU width 12288, RoPE theta 500000, RMSNorm eps 1e-5, untied output head;
 8.02B parameters.
 
@@ -22,7 +22,7 @@ devices (mesh fsdp = -1): 16 bytes per parameter, 128 GB in all, 16 GB per devic
 8-GPU node. global_batch_size must be a multiple of the device count.
 """
 from configs import base
-from diffusionlm.models import convert
+from diffusionlm import config_defaults
 
 VOCAB_SIZE = 126464  # LLaDA's; its mask token 126336 is one of these ids.
 
@@ -66,5 +66,5 @@ def get_config(arg: str | None = None):
 
   if arg:  # The converted run directory.
     c.init_from = arg
-    c.data.tokenizer = convert.tokenizer_spec(arg, VOCAB_SIZE)
+    c.data.tokenizer = config_defaults.converted_tokenizer(arg, VOCAB_SIZE)
   return c

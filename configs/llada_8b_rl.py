@@ -10,7 +10,7 @@ d1_countdown.py and d1_sudoku.py share; `get_config` here is d1_gsm8k's.
 
 The argument is the converted (or an SFT) run directory: the RL run starts from its
 parameters, which also stay frozen as the reference policy, and takes its model and
-tokenizer from its config.json. d1's settings (configs/rl_sudoku.py:rl_defaults): G = 6
+tokenizer from its config.json. d1's settings (base.rl_defaults()): G = 6
 samples per prompt, mu = 12 updates per rollout for GSM8K and MATH, 8 for Countdown and
 Sudoku, beta = 0.04, clip 0.5, prompt masking 0.15, generation 256 tokens in blocks of 32
 with 128 steps, learning rate 3e-6 held constant; Adam b2 = 0.99 and gradient clipping
@@ -21,7 +21,7 @@ num_prompts_per_step * num_generations / num_micro_batches rows must be a multip
 device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
 --config.rl.num_prompts_per_step=32.
 """
-from configs import llada_8b, rl_sudoku
+from configs import base, llada_8b
 
 # mu, optimizer updates per rollout: d1's values per task.
 D1_NUM_ITERATIONS = {"gsm8k": 12, "math": 12, "countdown": 8, "sudoku": 8}
@@ -33,9 +33,8 @@ def d1_config(arg: str | None = None, *, task: str):
     raise ValueError(f"d1 config: unknown task {task!r}; expected one of "
                      f"{sorted(D1_NUM_ITERATIONS)}")
   c = llada_8b.get_config(arg)
-  c.objective = "sft"  # A masked-diffusion model; the diffu-GRPO loss replaces the objective.
   c.data.dataset = task  # gsm8k and math need --config.data.source_path=FOLDER.
-  c.rl = rl_sudoku.rl_defaults()  # d1's G, beta, clip, p_mask_prompt and sampler.
+  c.rl = base.rl_defaults()  # d1's G, beta, clip, p_mask_prompt and sampler.
   c.rl.task = task
   c.rl.num_iterations = D1_NUM_ITERATIONS[task]
   c.rl.num_prompts_per_step = 16
@@ -44,7 +43,6 @@ def d1_config(arg: str | None = None, *, task: str):
   c.rl.eval_split = "test"
   c.rl.num_eval_examples = 256
   c.rl.eval_batch_size = 64
-  c.global_batch_size = c.rl.num_prompts_per_step * c.rl.num_generations
   c.num_train_steps = 2000  # RL steps (rollouts); each makes rl.num_iterations updates.
   c.log_every_steps = 1
   c.checkpoint_every_steps = 50

@@ -1,4 +1,5 @@
-"""What every training entry point (train, rl, quickstart) does before anything else."""
+"""What every entry point that touches the devices does before anything else: train, rl,
+convert, quickstart, sample, evaluate and benchmarks/sampler.py."""
 from absl import app
 from absl import flags
 from absl import logging

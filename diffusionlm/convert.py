@@ -1,9 +1,9 @@
 """Import a Hugging Face checkpoint: `python -m diffusionlm.convert --hf_dir=DIR --out=DIR`.
 
 HF_DIR holds config.json, safetensors weights and tokenizer.json of a LLaDA or LLaMA-family
-model (diffusionlm/models/convert.py). OUT becomes a run directory to start from with
+model (diffusionlm/train/convert.py). OUT becomes a run directory to start from with
 `--config.init_from=OUT` (training, SFT, RL) or to load with `load_run(OUT)`. `--config`
-(default configs/base.py) supplies everything but the shape, e.g. the mesh that places the
+(default: the base config) supplies everything but the shape, e.g. the mesh that places the
 weights while they load and the dtypes:
 
   python -m diffusionlm.convert --hf_dir=LLaDA-8B-Instruct --out=runs/llada_8b_instruct \
@@ -11,10 +11,9 @@ weights while they load and the dtypes:
 """
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from diffusionlm.train import sharding
+from diffusionlm import cli
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory.")
 _OUT = flags.DEFINE_string("out", None, "Run directory to write (must hold no checkpoints).")
@@ -25,13 +24,9 @@ flags.mark_flags_as_required(["hf_dir", "out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  sharding.initialize_distributed()  # Before anything touches the devices.
+  cli.start(argv)
   import jax  # pylint: disable=g-import-not-at-top
-  from diffusionlm.models import convert  # pylint: disable=g-import-not-at-top
+  from diffusionlm.train import convert  # pylint: disable=g-import-not-at-top
   config = convert.convert_checkpoint(_HF_DIR.value, _OUT.value, _CONFIG.value)
   if jax.process_index() == 0:
     m = config.model

@@ -19,7 +19,7 @@ import pytest
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from configs import base  # pylint: disable=g-import-not-at-top
-from diffusionlm.models import convert
+from diffusionlm.train import convert
 from diffusionlm.train import load
 
 # A tiny LLaDA: mask id inside the vocabulary, embedding padded beyond it (E > V), GQA.

@@ -14,7 +14,7 @@ import pytest
 from configs import base, llada_8b, llada_8b_rl
 from diffusionlm import tasks
 from diffusionlm.data import builders, pipeline
-from diffusionlm.models import convert
+from diffusionlm.train import convert
 from diffusionlm.rl import rollout, setup as rl_setup
 from diffusionlm.tasks import answers, layout, math_problems
 from diffusionlm.train import train_state, validation

@@ -10,7 +10,7 @@ import pytest
 import numerics
 from configs import base
 from diffusionlm.data import pipeline
-from diffusionlm.train import checkpoint, sharding, trainer, validation
+from diffusionlm.train import checkpoint, sharding, train_state, trainer, validation
 
 
 @pytest.fixture
@@ -40,8 +40,8 @@ def tiny_config(data_dir, **overrides):
 
 
 def _one_step(config, devices):
-  setup = trainer.build(config, devices)
-  state = trainer.make_init_fn(setup)(jax.random.key(config.seed))
+  setup = train_state.build(config, devices)
+  state = train_state.make_init_fn(setup)(jax.random.key(config.seed))
   batch = next(iter(pipeline.make_train_loader(
       config.data, setup.tokenizer, objective=config.objective,
       global_batch_size=config.global_batch_size, seed=config.seed, process_index=0, process_count=1)))
@@ -96,7 +96,7 @@ def test_nonfinite_loss_stops_run_and_keeps_last_good_checkpoint(data_dir, tmp_p
                        **{"optimizer.lr": 1e30, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0})
   with pytest.raises(FloatingPointError, match=r"Non-finite loss .* step \d+.*intact"):
     trainer.train_and_evaluate(config, workdir)
-  setup = trainer.build(config)
+  setup = train_state.build(config)
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir), keep=3)
   steps = ckpt.steps()
   assert steps, "no checkpoint survived"
@@ -130,7 +130,7 @@ def test_init_from_copies_parameters(data_dir, tmp_path):
   first = str(tmp_path / "pretrain")
   trainer.train_and_evaluate(tiny_config(data_dir, eval_every_steps=0, num_train_steps=2), first)
   config = tiny_config(data_dir, eval_every_steps=0, objective="sft", init_from=first)
-  setup = trainer.build(config)
+  setup = train_state.build(config)
   params = checkpoint.restore_params(first, setup.abstract_state.params)
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(first), keep=3)
   loader = pipeline.make_train_loader(config.data, setup.tokenizer, objective="mdm",
@@ -150,6 +150,7 @@ def test_resume_with_different_model_is_an_error(data_dir, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"objective": "gan"}, r"config.objective='gan'"),
+    ({"model.causal": True}, r"config.model.causal=True does not fit config.objective='mdm'"),
     ({"global_batch_size": 12}, r"config.global_batch_size=12 is not divisible by the data-parallel size 8"),
     ({"mesh.data": 16}, r"config.mesh .* needs a multiple of 16 devices"),
     ({"mesh.data": -1, "mesh.fsdp": -1}, r"at most one axis may be -1"),
@@ -163,4 +164,5 @@ def test_resume_with_different_model_is_an_error(data_dir, tmp_path):
 ])
 def test_config_errors_name_the_field(data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
-    validation.validate_config(tiny_config(data_dir, **overrides), num_devices=8, process_count=1)
+    validation.validate_train_config(tiny_config(data_dir, **overrides), num_devices=8,
+                                     process_count=1)

@@ -100,17 +100,18 @@ class TransformerConfig:
     return self.d_model // self.num_heads
 
 
-_CONFIG_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads",
-                  "mlp_dim", "rope_theta", "norm_eps", "tie_embeddings", "dtype",
-                  "param_dtype", "remat", "logits_chunk_size")
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig))
+# How the model computes, not what it computes: these may change when a run resumes.
+RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size")
 
 
 def config_from_dict(model_cfg: Mapping[str, Any], *, vocab_size: int,
                      causal: bool) -> TransformerConfig:
-  """Builds the config from `config.model` (configs/base.py) and the tokenizer's size.
+  """Builds the config from `config.model` (diffusionlm/config_defaults.py), the
+  tokenizer's size and the attention direction.
 
-  `model_cfg.vocab_size == 0` means "take it from the tokenizer"; any other value must
-  equal `vocab_size`.
+  `model_cfg.vocab_size == 0` means "take it from the tokenizer" and `model_cfg.causal`
+  None means "take `causal`"; any other value must equal `vocab_size` / `causal`.
   """
   fields = dict(model_cfg.items())
   unknown = sorted(set(fields) - set(_CONFIG_FIELDS))
@@ -121,8 +122,9 @@ def config_from_dict(model_cfg: Mapping[str, Any], *, vocab_size: int,
   if fields["vocab_size"] not in (0, vocab_size):
     raise ValueError(f"config.model.vocab_size={fields['vocab_size']} disagrees with the "
                      f"tokenizer's vocab_size={vocab_size} (use 0 to take the tokenizer's).")
-  fields["vocab_size"] = vocab_size
-  return TransformerConfig(causal=causal, **fields)
+  if fields["causal"] not in (None, causal):
+    raise ValueError(f"config.model.causal={fields['causal']} disagrees with causal={causal}.")
+  return TransformerConfig(**{**fields, "vocab_size": vocab_size, "causal": causal})
 
 
 def _param(module: nn.Module, name: str, shape, axes, init):

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusionlm.rl import logprobs
-from diffusionlm.train import sharding, trainer
+from diffusionlm.train import sharding, train_state
 
 
 def group_advantages(rewards_B, *, num_generations: int, scale_rewards: bool,
@@ -97,7 +97,7 @@ def micro_batch_sharding(mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, sharding.BATCH_AXES))
 
 
-def make_logps_step(setup: trainer.Setup, apply_fn, *, num_iterations: int,
+def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
                     p_mask_prompt: float, eos_id: int, with_ref: bool):
   """Jitted (params, ref_params, batch, step_key) -> {"old_logps", "ref_logps"}, each
   [mu, M, b, C]: the rollout policy's and the reference's per-token log-probs under every
@@ -133,7 +133,7 @@ def make_logps_step(setup: trainer.Setup, apply_fn, *, num_iterations: int,
                  out_shardings=views)
 
 
-def make_update_step(setup: trainer.Setup, apply_fn, *, beta: float, clip_eps: float,
+def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_eps: float,
                      p_mask_prompt: float, eos_id: int):
   """Jitted (state, batch, step_key, iteration) -> (state, metrics): ONE optax update.
 
@@ -142,12 +142,12 @@ def make_update_step(setup: trainer.Setup, apply_fn, *, beta: float, clip_eps: f
   this iteration's "old_logps" / "ref_logps" [M, b, C] (slice `iteration` of
   `make_logps_step`'s output). Gradients are accumulated over the micro-batches (a scan,
   micro-batch m under mask_key(step_key, iteration, m)) and applied once with
-  `trainer.apply_gradients` (setup.tx, non-finite guard). Sharded like the train step:
+  `train_state.apply_gradients` (setup.tx, non-finite guard). Sharded like the train step:
   state in setup.state_sharding (donated), rows over the data-parallel axes.
   """
   mask_id = setup.model_config.mask_id
 
-  def update(state: trainer.TrainState, batch, step_key, iteration):
+  def update(state: train_state.TrainState, batch, step_key, iteration):
     num_tokens = jnp.maximum(batch["completion_mask"].sum(), 1)
 
     def micro_step(grads, args):
@@ -162,7 +162,7 @@ def make_update_step(setup: trainer.Setup, apply_fn, *, beta: float, clip_eps: f
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grads, metrics_M = jax.lax.scan(micro_step, zeros, (jnp.arange(M), batch))
     metrics = jax.tree.map(lambda x: x.sum(0), metrics_M)  # Token sums / T add up.
-    new_state, grad_norm = trainer.apply_gradients(setup.tx, state, metrics["loss"], grads)
+    new_state, grad_norm = train_state.apply_gradients(setup.tx, state, metrics["loss"], grads)
     return new_state, {**metrics, "grad_norm": grad_norm, "lr": setup.lr_schedule(state.step)}
 
   mesh = setup.mesh
@@ -171,7 +171,7 @@ def make_update_step(setup: trainer.Setup, apply_fn, *, beta: float, clip_eps: f
                  out_shardings=(setup.state_sharding, rep), donate_argnums=(0,))
 
 
-def run_iterations(state: trainer.TrainState, ref_params, batch, step_key, *, logps_step,
+def run_iterations(state: train_state.TrainState, ref_params, batch, step_key, *, logps_step,
                    update_step, num_iterations: int):
   """The mu updates of one rollout: log-probs of every mask once, then update i under mask i.
 

@@ -24,13 +24,13 @@ import math
 import os
 import re
 import shlex
-import signal
 from typing import Any, Iterable, Mapping, Sequence
 
 from absl import logging
 import ml_collections
 
-from configs import base
+from diffusionlm import config_defaults
+from diffusionlm.train import run_dir
 
 _MODEL_NAME = re.compile(r"d(\d+)l(\d+)")
 _TRAIN_CONFIG_FILE = "configs/base.py"  # Launch commands override every other field.
@@ -163,15 +163,16 @@ def expand(sweep: ml_collections.ConfigDict, root: str) -> list[Run]:
 def _differences(run: Run) -> list[str]:
   """Fields where the config.json in run.workdir differs from run.config.
 
-  Fields the saved config lacks (added to configs/base.py since) are not compared.
+  Fields the saved config lacks (added to the defaults since) are not compared, nor those
+  that the run resolved when it started (model.vocab_size 0, model.causal unset).
   """
-  with open(os.path.join(run.workdir, "config.json")) as f:
+  with open(os.path.join(run.workdir, run_dir.CONFIG_FILE)) as f:
     saved = _flatten(json.load(f))
   wanted = _flatten(run.config.to_dict())
   diffs = []
   for key, value in wanted.items():
-    if key not in saved or (key == "model.vocab_size" and not value):
-      continue  # vocab_size 0: the trainer took it from the tokenizer.
+    if key not in saved or value is None or (key == "model.vocab_size" and not value):
+      continue
     old = saved[key]
     if isinstance(value, tuple):
       value = list(value)
@@ -189,24 +190,6 @@ def is_finished(run: Run) -> bool:
     raise ValueError(f"{run.workdir} holds a finished run of a different config "
                      f"({'; '.join(diffs)}); use another --root or remove it")
   return True
-
-
-class _StopRequest:
-  """SIGTERM between runs -> stop before the next run (the trainer handles it within one)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.getsignal(signal.SIGTERM)
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def install(self):
-    signal.signal(signal.SIGTERM, self._handler)
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 def run_locally(runs: Sequence[Run], *, train_fn=None,
@@ -229,14 +212,13 @@ def run_locally(runs: Sequence[Run], *, train_fn=None,
   if train_fn is None:
     from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
     train_fn = trainer.train_and_evaluate
-  stop = _StopRequest()
+  stop = run_dir.Preemption()  # Between runs; within one, the trainer's own takes over.
   trained, stopped = [], False
   try:
     for i, run in enumerate(runs):
       if is_finished(run):
         logging.info("[%d/%d] %s: finished, skipped.", i + 1, len(runs), run.name)
         continue
-      stop.install()  # Within a run, the trainer's own handler takes over.
       if stop.requested:
         stopped = True
         break
@@ -267,7 +249,7 @@ def launch_command(run: Run, *, launcher: str = "") -> str:
   `launcher` (e.g. "launch/local_multiprocess.sh 2") replaces `python -m diffusionlm.train`
   and takes CONFIG WORKDIR [overrides] positionally, as the launch/ scripts do.
   """
-  defaults = _flatten(base.get_config().to_dict())
+  defaults = _flatten(config_defaults.get_config().to_dict())
   fields = [f"--config.{k}={_flag_value(v)}" for k, v in _flatten(run.config.to_dict()).items()
             if k not in defaults or defaults[k] != v]
   workdir = shlex.quote(run.workdir)
@@ -283,18 +265,6 @@ COLUMNS = ("name", "objective", "model", "d_model", "num_layers", "N", "N_nonemb
            "U", "epochs", "D", "steps", "flops", "flops_six_n_with_embedding", "flops_six_n",
            "flops_exact", "final_bits_per_token", "best_bits_per_token", "final_nats",
            "best_nats", "num_evals")
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  rows = []
-  with open(path) as f:
-    for line_no, line in enumerate(f, start=1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}, line {line_no}: not JSON ({e.msg})") from None
-  return rows
 
 
 def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[str, Any]:
@@ -315,7 +285,7 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
     config = json.load(f)
   with open(paths["summary"]) as f:
     summary = json.load(f)
-  evals = [r["eval/bits_per_token"] for r in _read_jsonl(paths["metrics"])
+  evals = [r["eval/bits_per_token"] for r in run_dir.read_jsonl(paths["metrics"])
            if "eval/bits_per_token" in r]
   if not evals:
     raise ValueError(f"{paths['metrics']}: no eval/bits_per_token line (eval_every_steps=0?)")

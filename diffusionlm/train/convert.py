@@ -53,13 +53,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import base
-from diffusionlm.train import checkpoint, trainer
+from diffusionlm import config_defaults
+from diffusionlm.data import tokenizers
+from diffusionlm.models import transformer
+from diffusionlm.train import checkpoint, sharding
 
 LLADA, LLAMA = "llada", "llama"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"  # Inside the written run directory.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Stored buffers that are not parameters (old LLaMA checkpoints keep RoPE's inv_freq).
 _IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
@@ -332,7 +333,7 @@ def load_params(hf_dir: str, hf: HFConfig, abstract_params):
   """The checkpoint's weights as our params tree, each leaf placed in its sharding.
 
   abstract_params: our params as `jax.ShapeDtypeStruct`s with shardings (e.g.
-  `trainer.build(config).abstract_state.params`); leaves are cast to their dtype. One tensor
+  `sharding.abstract_params(model, mesh)`); leaves are cast to their dtype. One tensor
   is on the host at a time; each process keeps only its addressable shards.
   """
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
@@ -359,23 +360,18 @@ def load_params(hf_dir: str, hf: HFConfig, abstract_params):
 # ---- Writing a run directory -----------------------------------------------------------
 
 
-def tokenizer_spec(run_dir: str, vocab_size: int) -> str:
-  """The `config.data.tokenizer` of a converted run: its copied tokenizer.json, sized to the
-  model's vocabulary (the checkpoint's vocabulary may have more ids than the tokenizer)."""
-  path = os.path.join(os.path.abspath(run_dir), TOKENIZER_DIR, "tokenizer.json")
-  return f"hf:{path}?vocab_size={vocab_size}"
-
-
 def run_config(hf: HFConfig, out_dir: str,
                config: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
   """The run config of the converted checkpoint.
 
-  The shape comes from the checkpoint; `config` (default configs/base.py) supplies the rest
-  (dtype, remat, mesh, ...), and any shape field it sets must agree with the checkpoint.
-  Objective: `config`'s, else "mdm" for LLaDA and "ar" for LLaMA; LLaDA cannot be "ar".
+  The shape comes from the checkpoint; `config` (default: config_defaults.get_config())
+  supplies the rest (dtype, remat, mesh, ...), and any shape field it sets must agree with
+  the checkpoint. Objective: `config`'s, else "mdm" for LLaDA and "ar" for LLaMA; model.causal
+  follows it (a LLaMA checkpoint may become a bidirectional model; LLaDA cannot be causal).
   """
   given = config is not None
-  c = ml_collections.ConfigDict(config.to_dict() if given else base.get_config().to_dict())
+  c = ml_collections.ConfigDict(
+      config.to_dict() if given else config_defaults.get_config().to_dict())
   for key, value in hf.model.items():
     if given and c.model[key] != value and not (key == "vocab_size" and c.model[key] == 0):
       raise ValueError(f"config.model.{key}={c.model[key]!r} disagrees with the checkpoint's "
@@ -383,10 +379,11 @@ def run_config(hf: HFConfig, out_dir: str,
     c.model[key] = value
   if not given:
     c.objective = "ar" if hf.causal else "mdm"
-  if c.objective == "ar" and not hf.causal:
-    raise ValueError("config.objective='ar': a LLaDA checkpoint is bidirectional; use 'mdm' "
-                     "or 'sft'.")
-  c.data.tokenizer = tokenizer_spec(out_dir, hf.model["vocab_size"])
+  c.model.causal = config_defaults.is_causal(c)
+  if c.model.causal and not hf.causal:
+    raise ValueError(f"config.objective={c.objective!r}, config.model.causal=True: a LLaDA "
+                     "checkpoint is bidirectional; use 'mdm' or 'sft'.")
+  c.data.tokenizer = config_defaults.converted_tokenizer(out_dir, hf.model["vocab_size"])
   c.init_from = ""
   return c
 
@@ -396,7 +393,7 @@ def _copy_tokenizer(hf_dir: str, out_dir: str) -> None:
   if not os.path.isfile(source):
     raise ValueError(f"{source} does not exist: the converted run needs the checkpoint's "
                      "Hugging Face tokenizer.")
-  target_dir = os.path.join(out_dir, TOKENIZER_DIR)
+  target_dir = os.path.join(out_dir, config_defaults.CONVERTED_TOKENIZER_DIR)
   os.makedirs(target_dir, exist_ok=True)
   for name in TOKENIZER_FILES:
     if os.path.isfile(os.path.join(hf_dir, name)):
@@ -435,8 +432,12 @@ def convert_checkpoint(hf_dir: str, out_dir: str,
   if jax.process_index() == 0:
     _copy_tokenizer(hf_dir, out_dir)
   multihost_utils.sync_global_devices("convert-tokenizer")
-  setup = trainer.build(c, devices)  # Loads the copied tokenizer: its size must fit V.
-  params = load_params(hf_dir, hf, setup.abstract_state.params)
+  # The copied tokenizer's size must fit V (config_from_dict checks it).
+  vocab_size = tokenizers.load_tokenizer(c.data.tokenizer).vocab_size
+  model = transformer.Transformer(
+      transformer.config_from_dict(c.model, vocab_size=vocab_size, causal=c.model.causal))
+  mesh = sharding.make_mesh(c.mesh, devices)
+  params = load_params(hf_dir, hf, sharding.abstract_params(model, mesh))
   resolved = c.to_dict()
   save_params(out_dir, params, resolved)
   if jax.process_index() == 0:

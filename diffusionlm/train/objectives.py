@@ -9,9 +9,8 @@ reported as bits per token), so AR and diffusion validation curves are comparabl
 import jax.numpy as jnp
 import ml_collections
 
+from diffusionlm import config_defaults
 from diffusionlm.diffusion import losses
-
-OBJECTIVES = ("mdm", "ar", "sft")
 
 
 def _diffusion_kwargs(config: ml_collections.ConfigDict) -> dict:
@@ -41,7 +40,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, *, mask_id: int):
       del key
       return losses.ar_loss(params, apply_fn, batch["tokens"], valid_BxL=batch["valid"])
   else:
-    raise ValueError(f"config.objective={objective!r}: expected one of {OBJECTIVES}.")
+    raise ValueError(f"config.objective={objective!r}: expected one of {config_defaults.OBJECTIVES}.")
   return loss_fn
 
 
@@ -69,5 +68,5 @@ def make_eval_fn(config: ml_collections.ConfigDict, *, mask_id: int):
       num_rows = batch["tokens"].shape[0]
       return loss * num_rows, jnp.asarray(num_rows)
   else:
-    raise ValueError(f"config.objective={objective!r}: expected one of {OBJECTIVES}.")
+    raise ValueError(f"config.objective={objective!r}: expected one of {config_defaults.OBJECTIVES}.")
   return eval_fn

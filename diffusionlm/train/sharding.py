@@ -9,6 +9,7 @@ import os
 from absl import logging
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
@@ -127,6 +128,15 @@ def logical_to_sharding(abstract_boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULE
     return NamedSharding(mesh, P(*dims))
 
   return jax.tree.map(fit, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def abstract_params(model: nn.Module, mesh: Mesh):
+  """The parameters of a token model (`model.init(key, tokens_BxL)`) as
+  `jax.ShapeDtypeStruct`s carrying their shardings on `mesh`; nothing is allocated."""
+  boxed = jax.eval_shape(lambda key: model.init(key, jnp.zeros((1, 1), jnp.int32))["params"],
+                         jax.random.key(0))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), logical_to_sharding(boxed, mesh))
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
