@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import base
-from diffusionlm.scaling import flops
+from diffusionlm.models import flops
 from diffusionlm.train import metrics, sharding, train_state, trainer
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", ["cpu", "gpu"], "Model sizes and dtype.")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from diffusionlm.scaling import flops
+from diffusionlm.models import flops
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import scaling_tiny
-from diffusionlm.scaling import flops
+from diffusionlm.models import flops
 from diffusionlm.scaling import fit as fit_lib
 from diffusionlm.scaling import sweep
 from diffusionlm.train import metrics

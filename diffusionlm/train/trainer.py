@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from diffusionlm.data import pipeline
-from diffusionlm.scaling import flops
+from diffusionlm.models import flops
 from diffusionlm.train import (checkpoint, metrics, objectives, run_dir, sharding, train_state,
                                validation)
 
