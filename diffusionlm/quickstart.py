@@ -26,11 +26,13 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-import configs
 from diffusionlm import cli
 from diffusionlm.train import sharding
 
-_CONFIGS_DIR = os.path.dirname(configs.__file__)
+# The experiment configs: a folder beside the package (setup.py installs both), read as
+# files, not imported.
+_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs")
 _SFT_CONFIG = config_flags.DEFINE_config_file(
     "sft_config", os.path.join(_CONFIGS_DIR, "sft_sudoku.py"), "SFT stage config.",
     lock_config=True)
