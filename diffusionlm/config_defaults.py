@@ -13,6 +13,9 @@ import ml_collections
 from ml_collections import config_dict
 
 OBJECTIVES = ("mdm", "ar", "sft")  # The training losses (diffusionlm/train/objectives.py).
+# The config.model fields that say how the model computes, not what: the only ones that may
+# change when a run resumes, or when an RL run takes its model from the init_from run.
+MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size")
 CONVERTED_TOKENIZER_DIR = "tokenizer"  # Inside a run directory written by train/convert.py.
 
 

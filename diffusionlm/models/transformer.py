@@ -101,8 +101,6 @@ class TransformerConfig:
 
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig))
-# How the model computes, not what it computes: these may change when a run resumes.
-RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size")
 
 
 def config_from_dict(model_cfg: Mapping[str, Any], *, vocab_size: int,

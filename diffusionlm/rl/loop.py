@@ -1,7 +1,7 @@
 """The diffu-GRPO loop (d1, Zhao et al. 2025): rollout -> rewards -> mu updates, repeated.
 
-Reads top to bottom like the trainer and shares its bookkeeping (run_dir.Bookkeeping: metrics,
-progress, checkpoints when due or preempted, summary): the setup (rl/setup.py: the init_from
+Reads top to bottom like the trainer and shares its bookkeeping (bookkeeping.Bookkeeping:
+metrics, progress, checkpoints when due or preempted, summary): the setup (rl/setup.py: the init_from
 run's model, the sharded state, the jitted GRPO programs) -> resume or start -> per RL step:
 next prompts (a grain iterator, checkpointed) -> G completions each (rollout.py) ->
 old-policy and reference log-probs of every prompt mask, once (grpo.make_logps_step) ->
@@ -25,7 +25,7 @@ from diffusionlm import generation
 from diffusionlm.data import pipeline
 from diffusionlm.rl import grpo, rollout
 from diffusionlm.rl import setup as rl_setup
-from diffusionlm.train import checkpoint, run_dir, sharding
+from diffusionlm.train import bookkeeping, checkpoint, run_dir, sharding
 
 # The update batch's arrays (rollout.rollout's batch minus the logged rewards).
 UPDATE_KEYS = ("prompt", "prompt_valid", "completion", "completion_mask", "advantages")
@@ -113,7 +113,7 @@ def _run(rs: rl_setup.RLSetup, workdir: str, score, preemption: run_dir.Preempti
   if rl.eval_every_steps:
     eval_examples = pipeline.load_task_examples(c.data, rl.eval_split)[:rl.num_eval_examples]
     evaluator = make_evaluator(rs, eval_examples)
-  books = run_dir.Bookkeeping(
+  books = bookkeeping.Bookkeeping(
       workdir, c, ckpt=ckpt, preemption=preemption, config_dict=resolved, start_step=start_step,
       desc="diffu-GRPO", nonfinite=dict(unit="optimizer update", run="RL",
                                         advice="config.optimizer.lr or config.rl.clip_eps"))

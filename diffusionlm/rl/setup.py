@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from diffusionlm import tasks
-from diffusionlm.models import transformer
+from diffusionlm import config_defaults, tasks
 from diffusionlm.rl import grpo, rollout
 from diffusionlm.train import checkpoint, run_dir, sharding, train_state, validation
 
@@ -41,7 +40,7 @@ class RLState(train_state.TrainState):
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of the RL config with the init_from run's model and tokenizer.
 
-  The model section (except the run-time fields, transformer.RUN_TIME_FIELDS) and
+  The model section (except config_defaults.MODEL_RUN_TIME_FIELDS) and
   data.tokenizer come from INIT_FROM/config.json, so the parameters always load.
   """
   if "rl" not in config:
@@ -59,7 +58,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
                      "(model.causal=True); diffu-GRPO needs a masked-diffusion model.")
   c = config.copy_and_resolve_references()
   c.model.update({k: v for k, v in saved.model.items()
-                  if k not in transformer.RUN_TIME_FIELDS})
+                  if k not in config_defaults.MODEL_RUN_TIME_FIELDS})
   c.data.tokenizer = saved.data.tokenizer
   return c
 

@@ -3,11 +3,7 @@
 WORKDIR holds config.json (the resolved config, written at start), metrics.jsonl (one JSON
 object per logged step), summary.json (written when the run finishes), checkpoints/ and
 tensorboard/. Files are written by process 0; every process may read them.
-
-`Bookkeeping` is what the training loop (trainer.py) and the RL loop (rl/loop.py) do around
-their steps; each loop keeps its own step, metrics and evaluation.
 """
-import functools
 import json
 import os
 import signal
@@ -16,11 +12,8 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
-import tqdm
 
 from diffusionlm import config_defaults
-from diffusionlm.models import transformer
-from diffusionlm.train import checkpoint, metrics
 
 CONFIG_FILE, SUMMARY_FILE = "config.json", "summary.json"
 
@@ -79,14 +72,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict | None:
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """ValueError if `workdir` holds a run of another model (any model field but the run-time
-  ones, transformer.RUN_TIME_FIELDS, including the vocabulary): a resumed run must not
+  """ValueError if `workdir` holds a run of another model (any model field but
+  config_defaults.MODEL_RUN_TIME_FIELDS, the vocabulary included): a resumed run must not
   silently mix parameters. `config` is resolved (model.vocab_size and causal set)."""
   previous = read_config(workdir)
   if previous is None:
     return
   changed = {k: (previous.model.get(k), v) for k, v in config.model.items()
-             if k not in transformer.RUN_TIME_FIELDS and previous.model.get(k) != v}
+             if k not in config_defaults.MODEL_RUN_TIME_FIELDS and previous.model.get(k) != v}
   if changed:
     raise ValueError(
         f"{workdir} holds a run with a different model "
@@ -144,55 +137,3 @@ def raise_if_nonfinite(state, *, ckpt, unit: str, run: str, advice: str) -> None
         f"Non-finite loss or gradient at {unit} {bad}; {run} stopped. The last good "
         f"checkpoint (step {last_good}) in {ckpt.directory} is intact. Lower {advice}.")
 
-
-class Bookkeeping:
-  """The bookkeeping of a run's loop: metrics writer, progress bar, checkpoints when due or
-  preempted (after the non-finite check), and summary.json at the end. A context manager:
-  leaving it waits for the last checkpoint and closes everything.
-
-  `nonfinite` are `raise_if_nonfinite`'s unit, run and advice.
-  """
-
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, *,
-               ckpt: checkpoint.Checkpointer, preemption: Preemption, config_dict: dict,
-               start_step: int, desc: str, nonfinite: dict):
-    self.workdir, self.num_steps = workdir, config.num_train_steps
-    self._checkpoint_every = config.checkpoint_every_steps
-    self._ckpt, self._preemption, self._config_dict = ckpt, preemption, config_dict
-    self.writer = metrics.MetricsWriter(workdir, resume_step=start_step)
-    self.progress = tqdm.tqdm(total=self.num_steps, initial=start_step, desc=desc,
-                              disable=jax.process_index() != 0, dynamic_ncols=True)
-    self.check_finite = functools.partial(raise_if_nonfinite, ckpt=ckpt, **nonfinite)
-
-  def __enter__(self) -> "Bookkeeping":
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.progress.close()
-    self._ckpt.wait()
-    self._ckpt.close()
-    self.writer.close()
-
-  def due(self, step: int, every: int) -> bool:
-    """True every `every` steps and at the last step; never for every = 0."""
-    return bool(every) and (step % every == 0 or step == self.num_steps)
-
-  def end_step(self, step: int, state, iterator) -> bool:
-    """Checkpoints `state` and the data `iterator` when due or preempted; True = stop."""
-    preempted = self._preemption.reached(step)
-    if self.due(step, self._checkpoint_every) or preempted:
-      self.check_finite(state)
-      self._ckpt.save(step, state, iterator, self._config_dict)
-    if preempted:
-      log(f"Preempted (SIGTERM): saved step {step}; rerun the same command to resume.")
-    return preempted
-
-  def logged(self) -> list[dict]:
-    """The rows of metrics.jsonl."""
-    return read_jsonl(self.writer.path)
-
-  def finish(self, step: int, summary: dict) -> dict:
-    """Writes summary.json if the run reached its last step; returns `summary`."""
-    if step >= self.num_steps:
-      write_json(os.path.join(self.workdir, SUMMARY_FILE), summary)
-    return summary

@@ -2,7 +2,8 @@
 
 Reads top to bottom: config checks -> model, mesh, abstract state and its shardings
 (train_state.build) -> init or resume -> compile the step ahead of the loop (memory, parameters
-and FLOPs logged) -> loop (log, evaluate, checkpoint; run_dir.Bookkeeping) -> summary.json.
+and FLOPs logged) -> loop (log, evaluate, checkpoint; bookkeeping.Bookkeeping) ->
+summary.json.
 """
 import math
 import time
@@ -13,8 +14,8 @@ import numpy as np
 
 from diffusionlm.data import pipeline
 from diffusionlm.models import flops
-from diffusionlm.train import (checkpoint, metrics, objectives, run_dir, sharding, train_state,
-                               validation)
+from diffusionlm.train import (bookkeeping, checkpoint, metrics, objectives, run_dir, sharding,
+                               train_state, validation)
 
 
 def make_train_step(setup: train_state.Setup):
@@ -128,7 +129,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     nll, count = (float(sum(t[i] for t in totals)) for i in (0, 1))
     return nll / (count * math.log(2))
 
-  books = run_dir.Bookkeeping(
+  books = bookkeeping.Bookkeeping(
       workdir, c, ckpt=ckpt, preemption=preemption, config_dict=resolved, start_step=start_step,
       desc=f"train {c.objective}", nonfinite=dict(
           unit="step", run="training", advice="config.optimizer.lr, raise warmup, or check the data"))
