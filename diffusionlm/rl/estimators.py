@@ -216,9 +216,9 @@ def _setting(rl_config, name):
 def sampler_passes(rl_config) -> int:
   """The most forward passes of the rollout sampler: `steps` for decoding="plain", else
   gen_length (threshold decoding commits at least one token per pass)."""
-  if rl_config.decoding == "plain":
-    return int(rl_config.steps)
-  return int(rl_config.gen_length)
+  if rl_config["decoding"] == "plain":
+    return int(rl_config["steps"])
+  return int(rl_config["gen_length"])
 
 
 def validate_config(rl_config) -> None:
