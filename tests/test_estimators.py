@@ -57,6 +57,20 @@ def _estimate(params, batch, key, estimator, apply_fn=toy_models.mixing_apply_fn
 # ---- trajectory ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def rollout(params):
+  """rollout(rows, steps=, block_length=, decoding=) -> _rollout's result, each run once."""
+  cache = {}
+
+  def run(rows, **settings):
+    key = (rows, tuple(sorted(settings.items())))
+    if key not in cache:
+      cache[key] = _rollout(params, rows, **settings)
+    return cache[key]
+
+  return run
+
+
 def _rollout(params, rows, *, steps, block_length, decoding="plain", seed=0):
   """A temperature-1 rollout with random remasking, and the logits of every pass it made.
   (Threshold decoding then commits each token whose uniform score exceeds 0.5.)"""
@@ -89,13 +103,13 @@ def _replayed_logp(batch, logits_TxBxLxV, group):
 
 
 @pytest.mark.parametrize("decoding", ["plain", "threshold"])
-def test_trajectory_is_the_samplers_probability_of_its_choices(params, decoding):
+def test_trajectory_is_the_samplers_probability_of_its_choices(params, rollout, decoding):
   """s = 1: the exact log-probability that the sampler (temperature 1, random remasking)
   commits these tokens given the order, replayed from the logits of its own passes; groups
   of s passes score each token at the state before its group (TraceRL), s = all passes is
   the fully masked mean field. Two blocks of 2 tokens; threshold decoding takes 2-4 passes."""
   steps = 4
-  batch, logits_TxBxLxV = _rollout(params, 16, steps=steps, block_length=2, decoding=decoding)
+  batch, logits_TxBxLxV = rollout(16, steps=steps, block_length=2, decoding=decoding)
   num_passes = estimators.sampler_passes(
       {"decoding": decoding, "steps": steps, "gen_length": C})
   exact_B = _replayed_logp(batch, logits_TxBxLxV, 1)
@@ -131,9 +145,9 @@ def test_trajectory_is_a_distribution_over_completions_for_a_fixed_order(params)
 
 
 @pytest.mark.parametrize("p_mask_prompt", [0.0, 0.5])
-def test_one_step_rollouts_trajectory_equals_mean_field(params, p_mask_prompt):
+def test_one_step_rollouts_trajectory_equals_mean_field(params, rollout, p_mask_prompt):
   """steps = 1: every token is committed at the first pass, from the fully masked state."""
-  batch, logits_TxBxLxV = _rollout(params, 8, steps=1, block_length=C)
+  batch, logits_TxBxLxV = rollout(8, steps=1, block_length=C)
   np.testing.assert_array_equal(batch["commit_step"], 0)
   key = jax.random.key(2)
   traj_BxC, traj_weight = _estimate(params, batch, key, functools.partial(
@@ -146,9 +160,9 @@ def test_one_step_rollouts_trajectory_equals_mean_field(params, p_mask_prompt):
     _assert_close(np.asarray(traj_BxC).sum(1), _replayed_logp(batch, logits_TxBxLxV, 1))
 
 
-def test_trajectory_scores_post_eos_tokens_as_context_only(params):
+def test_trajectory_scores_post_eos_tokens_as_context_only(params, rollout):
   """Tokens after the first EOS carry no weight but were part of the sampler's state."""
-  batch, _ = _rollout(params, 8, steps=4, block_length=2)
+  batch, _ = rollout(16, steps=4, block_length=2, decoding="plain")
   completion = np.asarray(batch["completion"]).copy()
   eos = int(completion[0, 1])
   estimator = functools.partial(estimators.trajectory, num_passes=4)
@@ -406,3 +420,50 @@ def test_from_config_builds_the_estimator_and_trajectory_needs_commit_steps(para
   with pytest.raises(ValueError, match="trajectory_group=3"):
     estimators.trajectory(params, toy_models.mixing_apply_fn, _grpo_batch(2), jax.random.key(0),
                           p_mask_prompt=0.0, mask_id=MASK, eos_id=2, num_passes=4, group=3)
+
+
+def test_logps_and_update_steps_carry_the_estimator_through_micro_batches_and_masks():
+  """make_logps_step / make_update_step on an 8-device mesh (M = 2 micro-batches, mu = 2):
+  the precomputed log-probs of view (i, m) are the estimator's under mask_key(step_key, i, m)
+  (commit_step split into micro-batches like the completion), and the first update starts
+  at ratio 1 and moves the parameters."""
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.model.update(d_model=8, num_layers=1, num_heads=2, mlp_dim=16)
+  c.data.seq_len, c.global_batch_size = P + C, 16
+  c.optimizer.warmup_steps = 0  # A nonzero first learning rate.
+  setup = trainer.build(c, jax.devices()[:8], vocab_size=V)
+  state = trainer.make_init_fn(setup)(jax.random.key(0))
+
+  def apply_fn(p, tokens_BxL, **kw):  # The toy network on the Transformer's own tables.
+    toy = {"embed": p["embedding"], "out": p["head"],
+           "pos": jnp.sin(jnp.arange(P + C)[:, None] * jnp.linspace(0.1, 1.0, 8))}
+    return toy_models.mixing_apply_fn(toy, tokens_BxL, **kw)
+
+  estimator = ESTIMATORS["trajectory_s2"]
+  kw = dict(p_mask_prompt=0.3, eos_id=2, estimator=estimator)
+  M, mu = 2, 2
+  flat = _grpo_batch(16)
+  flat["completion_mask"] = logprobs.completion_mask(flat["completion"], eos_id=2)
+  batch = {k: v.reshape((M, -1) + v.shape[1:]) for k, v in flat.items()}
+  batch = jax.device_put(batch, grpo.micro_batch_sharding(setup.mesh))
+  step_key = jax.random.key(14)
+  logps_step = grpo.make_logps_step(setup, apply_fn, num_iterations=mu, with_ref=True, **kw)
+  views = logps_step(state.params, state.params, batch, step_key)
+  for i, m in itertools.product(range(mu), range(M)):
+    micro = jax.tree.map(lambda x: x[m], batch)
+    direct_BxC, _ = _estimate(state.params, micro, grpo.mask_key(step_key, i, m), estimator,
+                              apply_fn=apply_fn, p_mask_prompt=0.3, eos_id=2)
+    _assert_close(views["old_logps"][i, m], direct_BxC)
+    _assert_close(views["ref_logps"][i, m], direct_BxC)
+  assert np.abs(np.asarray(views["old_logps"][0]) - np.asarray(views["old_logps"][1])).max() > 0
+  update_step = grpo.make_update_step(setup, apply_fn, beta=0.04, clip_eps=0.2, **kw)
+  before = jax.device_get(state.params)
+  new_state, metrics = update_step(state, {**batch, "old_logps": views["old_logps"][0],
+                                           "ref_logps": views["ref_logps"][0]},
+                                   step_key, jnp.int32(0))
+  assert float(metrics["ratio"]) == pytest.approx(1.0, abs=1e-6)
+  assert float(metrics["grad_norm"]) > 0 and int(new_state.first_nonfinite_step) == -1
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), new_state.params, before)
+  assert moved["embedding"] > 0 and moved["head"] > 0
