@@ -447,6 +447,8 @@ def test_logps_and_update_steps_carry_the_estimator_through_micro_batches_and_ma
   flat = _grpo_batch(16)
   flat["completion_mask"] = logprobs.completion_mask(flat["completion"], eos_id=2)
   batch = {k: v.reshape((M, -1) + v.shape[1:]) for k, v in flat.items()}
+  np.testing.assert_array_equal(logprobs.completion_mask(batch["completion"], eos_id=2),
+                                batch["completion_mask"])  # Rows along the last axis.
   batch = jax.device_put(batch, grpo.micro_batch_sharding(setup.mesh))
   step_key = jax.random.key(14)
   logps_step = grpo.make_logps_step(setup, apply_fn, num_iterations=mu, with_ref=True, **kw)

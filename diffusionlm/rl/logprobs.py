@@ -22,9 +22,12 @@ from diffusionlm.diffusion import losses
 
 
 def completion_mask(completion_BxC, *, eos_id: int) -> jax.Array:
-  """bool_BxC: True up to and including the first `eos_id` of each row (all True if none)."""
+  """bool_BxC: True up to and including the first `eos_id` of each row (all True if none).
+
+  Rows run along the last axis, so [M, b, C] micro-batched completions work too.
+  """
   is_eos_BxC = completion_BxC == eos_id
-  eos_before_BxC = jnp.cumsum(is_eos_BxC, axis=1) - is_eos_BxC  # EOS strictly before k.
+  eos_before_BxC = jnp.cumsum(is_eos_BxC, axis=-1) - is_eos_BxC  # EOS strictly before k.
   return eos_before_BxC == 0
 
 
