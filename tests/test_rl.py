@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import numerics
+import toy_models
 from configs import rl_sudoku
 from diffusionlm.models import transformer
 from diffusionlm.rl import grpo, logprobs, loop, rollout
@@ -31,14 +32,7 @@ MASK, EOS = V, 2
 B, P, C = 6, 8, 6
 
 
-def toy_apply_fn(params, tokens_BxL, *, valid_BxL=None, **unused):
-  """Logits depend on the token, its position and the mean of the valid context."""
-  del unused
-  T = tokens_BxL.shape[1]
-  h_BxTxD = params["embed"][tokens_BxL] + params["pos"][:T]
-  w_BxT = jnp.ones(tokens_BxL.shape) if valid_BxL is None else valid_BxL.astype(jnp.float32)
-  context_BxD = jnp.einsum("bt,btd->bd", w_BxT, h_BxTxD) / w_BxT.sum(1, keepdims=True)
-  return 3.0 * jnp.tanh(h_BxTxD + context_BxD[:, None]) @ params["out"]
+toy_apply_fn = toy_models.mixing_apply_fn
 
 
 def tree_apply_fn(params, tokens_BxL, *, valid_BxL=None, **unused):
@@ -52,9 +46,7 @@ def tree_apply_fn(params, tokens_BxL, *, valid_BxL=None, **unused):
 
 @pytest.fixture(scope="module")
 def toy_params():
-  rng = np.random.default_rng(0)
-  shapes = {"embed": (V + 1, 8), "pos": (P + C, 8), "out": (8, V)}
-  return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+  return toy_models.mixing_params(V, P + C)
 
 
 def _batch(seed=0, *, rows=B):

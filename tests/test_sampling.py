@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from diffusionlm.diffusion import sampling
 from diffusionlm.models import transformer
+import toy_models
 
 V = 16  # Real vocabulary; the mask id is V.
 MASK = V
@@ -44,37 +45,15 @@ def target_apply_fn(params, tokens_BxT, *, positions_BxL=None, return_kv=False, 
   return logits_BxTxV
 
 
-def mixing_apply_fn(params, tokens_BxT, *, valid_BxL=None, **unused):
-  """A tiny bidirectional model: every logit depends on its token, position and all tokens."""
-  del unused
-  T = tokens_BxT.shape[1]
-  h_BxTxD = params["embed"][tokens_BxT] + params["pos"][:T]
-  weight_BxT = jnp.ones(tokens_BxT.shape) if valid_BxL is None else valid_BxL.astype(float)
-  context_BxD = jnp.einsum("bt,btd->bd", weight_BxT, h_BxTxD) / weight_BxT.sum(1, keepdims=True)
-  return 3.0 * jnp.tanh(h_BxTxD + context_BxD[:, None]) @ params["out"]
+mixing_apply_fn = toy_models.mixing_apply_fn
 
 
 @pytest.fixture(scope="module")
 def mixing_params():
-  rng = np.random.default_rng(0)
-  shapes = {"embed": (V + 1, 8), "pos": (P + G, 8), "out": (8, V)}
-  return {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
-          for name, shape in shapes.items()}
+  return toy_models.mixing_params(V, P + G)
 
 
-def recording(apply_fn):
-  """apply_fn that also appends (tokens, logits) of every call to the returned list."""
-  calls = []
-
-  def record(tokens_BxT, logits_BxTxV):
-    calls.append((np.asarray(tokens_BxT), np.asarray(logits_BxTxV)))
-
-  def recorded_apply_fn(params, tokens_BxT, **kwargs):
-    logits_BxTxV = apply_fn(params, tokens_BxT, **kwargs)
-    jax.debug.callback(record, tokens_BxT, logits_BxTxV, ordered=True)
-    return logits_BxTxV
-
-  return recorded_apply_fn, calls
+recording = toy_models.recording
 
 
 # ---- Pieces --------------------------------------------------------------------------------

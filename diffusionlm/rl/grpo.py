@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusionlm.rl import logprobs
+from diffusionlm.rl import estimators
 from diffusionlm.train import sharding, train_state
 
 
@@ -49,21 +49,24 @@ def group_advantages(rewards_B, *, num_generations: int, scale_rewards: bool,
 
 
 def grpo_loss(params, apply_fn, batch, key, *, beta: float, clip_eps: float,
-              p_mask_prompt: float, mask_id: int, eos_id: int, num_tokens=None):
+              p_mask_prompt: float, mask_id: int, eos_id: int, num_tokens=None,
+              estimator=estimators.mean_field):
   """The diffu-GRPO loss (module docstring) of one micro-batch under the mask of `key`.
 
   batch: "prompt" int [B, P], "prompt_valid" bool [B, P] (optional), "completion" int [B, C],
     "advantages" [B], "old_logps" [B, C] (log-probs of the rollout policy under the same
-    key), and "ref_logps" [B, C] (reference policy, same key; needed when beta > 0).
+    key), and "ref_logps" [B, C] (reference policy, same key; needed when beta > 0), plus
+    what the estimator reads (`trajectory`: "commit_step" [B, C]).
+  estimator: the log-prob estimate, estimator(params, apply_fn, batch, key, p_mask_prompt=,
+    mask_id=, eos_id=) -> (logp_BxC, weight_BxC) (estimators.py; default d1's mean field).
   num_tokens: the normaliser T; default this batch's completion tokens. Passing the rollout
     batch's total makes the losses and metrics of its micro-batches add up.
   Returns (loss, {"loss", "kl", "clip_fraction", "ratio"}), all token means (sums / T):
   clip_fraction counts tokens whose gradient the clip removes (rho > 1 + eps with A > 0, or
   rho < 1 - eps with A < 0); ratio is the mean of rho.
   """
-  logp_BxC, weight_BxC = logprobs.completion_logps(
-      params, apply_fn, batch["prompt"], batch["completion"], key, p_mask_prompt=p_mask_prompt,
-      mask_id=mask_id, eos_id=eos_id, prompt_valid_BxP=batch.get("prompt_valid"))
+  logp_BxC, weight_BxC = estimator(params, apply_fn, batch, key, p_mask_prompt=p_mask_prompt,
+                                   mask_id=mask_id, eos_id=eos_id)
   advantage_Bx1 = batch["advantages"].astype(jnp.float32)[:, None]
   ratio_BxC = jnp.exp(logp_BxC - batch["old_logps"])
   clipped_BxC = jnp.clip(ratio_BxC, 1.0 - clip_eps, 1.0 + clip_eps)
@@ -98,12 +101,13 @@ def micro_batch_sharding(mesh) -> NamedSharding:
 
 
 def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
-                    p_mask_prompt: float, eos_id: int, with_ref: bool):
+                    p_mask_prompt: float, eos_id: int, with_ref: bool,
+                    estimator=estimators.mean_field):
   """Jitted (params, ref_params, batch, step_key) -> {"old_logps", "ref_logps"}, each
   [mu, M, b, C]: the rollout policy's and the reference's per-token log-probs under every
   mask_key(step_key, i, m), for the mu iterations i and the M micro-batches m of `batch`
   (arrays [M, b, ...], see `make_update_step`). Computed once per rollout. Without
-  `with_ref` (beta = 0) only "old_logps" is returned.
+  `with_ref` (beta = 0) only "old_logps" is returned. `estimator`: as in `grpo_loss`.
   """
   mask_id = setup.model_config.mask_id
 
@@ -112,9 +116,8 @@ def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
       i, m = args
       micro = jax.tree.map(lambda x: x[m], batch)
       key = mask_key(step_key, i, m)
-      score = lambda p: logprobs.completion_logps(
-          p, apply_fn, micro["prompt"], micro["completion"], key, p_mask_prompt=p_mask_prompt,
-          mask_id=mask_id, eos_id=eos_id, prompt_valid_BxP=micro["prompt_valid"])[0]
+      score = lambda p: estimator(p, apply_fn, micro, key, p_mask_prompt=p_mask_prompt,
+                                  mask_id=mask_id, eos_id=eos_id)[0]
       out = {"old_logps": score(params)}
       if with_ref:
         out["ref_logps"] = score(ref_params)
@@ -134,7 +137,7 @@ def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
 
 
 def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_eps: float,
-                     p_mask_prompt: float, eos_id: int):
+                     p_mask_prompt: float, eos_id: int, estimator=estimators.mean_field):
   """Jitted (state, batch, step_key, iteration) -> (state, metrics): ONE optax update.
 
   batch holds the rollout as M micro-batches of b rows: "prompt" [M, b, P], "prompt_valid"
@@ -143,7 +146,9 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
   `make_logps_step`'s output). Gradients are accumulated over the micro-batches (a scan,
   micro-batch m under mask_key(step_key, iteration, m)) and applied once with
   `train_state.apply_gradients` (setup.tx, non-finite guard). Sharded like the train step:
-  state in setup.state_sharding (donated), rows over the data-parallel axes.
+  state in setup.state_sharding (donated), rows over the data-parallel axes. `estimator`:
+  as in `grpo_loss` (the same one as `make_logps_step`'s); with `trajectory` the batch also
+  holds "commit_step" [M, b, C].
   """
   mask_id = setup.model_config.mask_id
 
@@ -154,7 +159,8 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
       m, micro = args
       loss_fn = lambda p: grpo_loss(
           p, apply_fn, micro, mask_key(step_key, iteration, m), beta=beta, clip_eps=clip_eps,
-          p_mask_prompt=p_mask_prompt, mask_id=mask_id, eos_id=eos_id, num_tokens=num_tokens)
+          p_mask_prompt=p_mask_prompt, mask_id=mask_id, eos_id=eos_id, num_tokens=num_tokens,
+          estimator=estimator)
       (_, metrics), grads_m = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return jax.tree.map(jnp.add, grads, grads_m), metrics
 
