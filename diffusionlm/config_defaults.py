@@ -121,6 +121,14 @@ def rl_defaults() -> ml_collections.ConfigDict:
   rl.beta = 0.04  # Weight of the k3 KL to the reference (initial) policy (d1: 0.04).
   rl.clip_eps = 0.5  # PPO clip range of the ratio (d1: 0.5).
   rl.scale_rewards = True  # Advantages divided by the group's reward std (+1e-4), as GRPO.
+  # The log pi(o | q) behind the ratio and the KL (diffusionlm/rl/estimators.py):
+  # "mean_field" (d1 eq. 4, one pass, completion fully masked), "trajectory" (each token at
+  # the sampler's state when it was committed; TraceRL), "elbo" (complementary-pair Monte
+  # Carlo ELBO, sequence-level ratio; VRPO / ESPO).
+  rl.estimator = "mean_field"
+  rl.trajectory_group = 1  # trajectory: s neighbouring sampler passes share one forward
+  #                          pass (must divide the passes); 1 = exact.
+  rl.elbo_samples = 2  # elbo: masks per completion, an even number (complementary pairs).
   # Rollout sampler (diffusionlm/diffusion/sampling.py:generate); d1: 256 / 32 / 128.
   rl.gen_length = 256
   rl.block_length = 32

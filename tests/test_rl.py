@@ -488,6 +488,48 @@ def test_resume_gives_the_same_next_step(rs8, init_run, straight_run, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, state_a.ref_params, jax.device_get(initial))
 
 
+@pytest.mark.parametrize("estimator", [{"rl.estimator": "trajectory", "rl.trajectory_group": 2},
+                                       {"rl.estimator": "elbo", "rl.elbo_samples": 4}],
+                         ids=["trajectory", "elbo"])
+def test_every_estimator_runs_sharded_as_on_one_device_and_resumes_bitwise(init_run, tmp_path,
+                                                                          estimator):
+  """The RL loop with each estimator beyond d1's: 2 steps on a (2, 2, 2) mesh; step 1 ==
+  the same step on 1 device; 1 step + resume == 2 steps straight (bitwise)."""
+  data_dir, init_dir = init_run
+  mesh8 = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+  rs8 = rl_setup.build(tiny_config(data_dir, init_dir, **mesh8, **estimator), jax.devices())
+  straight = str(tmp_path / "straight")
+  loop.run(rs8, straight, score=toy_score)
+
+  rs1 = rl_setup.build(tiny_config(data_dir, init_dir, **{"mesh.data": 1}, **estimator),
+                       jax.devices()[:1])
+  from diffusionlm.data import pipeline  # pylint: disable=g-import-not-at-top
+  prompts = rollout.PromptSet(pipeline.load_task_examples(rs1.config.data, "train"),
+                              rs1.setup.tokenizer)
+  first_prompts = next(rollout.prompt_iterator(len(prompts), batch_size=4, seed=0))
+  state_1, metrics_1, _ = loop.rl_step(rs1, rl_setup.init_state(rs1), prompts, first_prompts,
+                                       0, score=toy_score)
+  row_8 = _read_rows(straight)[0]
+  assert metrics_1["reward_std"] > 0 and metrics_1["grad_norm"] > 0
+  for k, v in metrics_1.items():
+    np.testing.assert_allclose(row_8[f"rl/{k}"], v, rtol=1e-4, atol=1e-6, err_msg=k)
+  copy = str(tmp_path / "copy")
+  shutil.copytree(straight, copy)
+  _, state_8, _ = _restore(rs8, copy, step=1)
+  _assert_trees_close(state_8.policy.params, jax.device_get(state_1.policy.params),
+                      rtol=0, atol=0.01 * rs1.config.optimizer.lr)
+
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(resumed), "2"))
+  loop.run(rs8, resumed, score=toy_score)
+  drop_time = lambda row: {k: v for k, v in row.items() if k != "rl/seconds"}
+  assert [drop_time(r) for r in _read_rows(resumed)] == [drop_time(r) for r in
+                                                         _read_rows(straight)]
+  jax.tree.map(np.testing.assert_array_equal, _restore(rs8, resumed)[1],
+               _restore(rs8, straight)[1])
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"rl.num_generations": 1}, r"config.rl.num_generations=1 must be >= 2"),
     ({"rl.task": "math"}, r"config.rl.task='math'"),
@@ -498,6 +540,10 @@ def test_resume_gives_the_same_next_step(rs8, init_run, straight_run, tmp_path):
     ({"rl.num_iterations": 0}, r"config.rl.num_iterations=0"),
     ({"rl.block_length": 3}, r"config.rl sampler settings: gen_length=8 is not divisible by block_length=3"),
     ({"rl.remasking": "best"}, r"config.rl sampler settings: remasking='best'"),
+    ({"rl.estimator": "exact"}, r"config.rl.estimator='exact' is not one of"),
+    ({"rl.estimator": "trajectory", "rl.trajectory_group": 3},
+     r"config.rl.trajectory_group=3 must be an int >= 1 that divides .* 4"),
+    ({"rl.estimator": "elbo", "rl.elbo_samples": 3}, r"config.rl.elbo_samples=3"),
 ])
 def test_config_errors_name_the_field(init_run, overrides, message):
   data_dir, init_dir = init_run

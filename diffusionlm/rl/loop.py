@@ -28,7 +28,8 @@ from diffusionlm.rl import setup as rl_setup
 from diffusionlm.train import bookkeeping, checkpoint, run_dir, sharding
 
 # The update batch's arrays (rollout.rollout's batch minus the logged rewards).
-UPDATE_KEYS = ("prompt", "prompt_valid", "completion", "completion_mask", "advantages")
+UPDATE_KEYS = ("prompt", "prompt_valid", "completion", "completion_mask", "commit_step",
+               "advantages")
 
 
 def rl_step(rs: rl_setup.RLSetup, state: rl_setup.RLState, prompts: rollout.PromptSet, indices_N, step: int, *,

@@ -88,7 +88,9 @@ def rollout(params, apply_fn, prompts: PromptSet, indices_N, key, *, tokenizer, 
 
   Returns (batch, metrics, completions): batch holds numpy arrays over B = N * G rows,
   "prompt" [B, P], "prompt_valid" [B, P], "completion" [B, C], "completion_mask" [B, C]
-  (logprobs.completion_mask), "advantages" [B] (grpo.group_advantages) and "rewards" [B];
+  (logprobs.completion_mask), "commit_step" [B, C] (the sampler pass that committed each
+  token, which the `trajectory` estimator replays), "advantages" [B]
+  (grpo.group_advantages) and "rewards" [B];
   metrics are host floats: reward_mean, reward_std (over all rows), reward/<term> means,
   completion_length (tokens up to and including the first EOS), zero_std_groups (share of
   groups whose rewards are all equal, which carry no policy gradient).
@@ -96,11 +98,12 @@ def rollout(params, apply_fn, prompts: PromptSet, indices_N, key, *, tokenizer, 
   rows_B = np.repeat(np.asarray(indices_N), num_generations)
   prompt_BxP, valid_BxP = prompts.prompt_NxP[rows_B], prompts.valid_NxP[rows_B]
   batch_sharding = sharding.batch_sharding(mesh)
-  tokens_BxL = sampling.generate(
+  tokens_BxL, stats = sampling.generate(
       params, apply_fn, to_global(prompt_BxP, batch_sharding), key, gen_length=gen_length,
       mask_id=mask_id, prompt_valid_BxP=to_global(valid_BxP, batch_sharding),
-      **sampler_settings)
+      return_stats=True, **sampler_settings)
   completion_BxC = generation.to_host(tokens_BxL)[:, prompt_BxP.shape[1]:]
+  commit_step_BxC = generation.to_host(stats["commit_step_BxG"]).astype(np.int32)
   completions = [tokenizer.decode(ids) for ids in generation.cut_at_eos(completion_BxC,
                                                                         tokenizer.eos_id)]
   rewards_B, terms_B = score(completions, [prompts.examples[r] for r in rows_B])
@@ -109,7 +112,8 @@ def rollout(params, apply_fn, prompts: PromptSet, indices_N, key, *, tokenizer, 
   completion_mask_BxC = np.asarray(logprobs.completion_mask(completion_BxC,
                                                             eos_id=tokenizer.eos_id))
   batch = {"prompt": prompt_BxP, "prompt_valid": valid_BxP, "completion": completion_BxC,
-           "completion_mask": completion_mask_BxC, "advantages": advantages_B,
+           "completion_mask": completion_mask_BxC, "commit_step": commit_step_BxC,
+           "advantages": advantages_B,
            "rewards": np.asarray(rewards_B, np.float32)}
   group_std_N = rewards_B.reshape(-1, num_generations).std(axis=1)
   metrics = {"reward_mean": float(np.mean(rewards_B)), "reward_std": float(np.std(rewards_B)),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from diffusionlm import config_defaults, tasks
-from diffusionlm.rl import grpo, rollout
+from diffusionlm.rl import estimators, grpo, rollout
 from diffusionlm.train import checkpoint, run_dir, sharding, train_state, validation
 
 
@@ -93,6 +93,7 @@ def validate_rl_config(c: ml_collections.ConfigDict, *, data_parallel: int) -> N
        f"multiple of the data-parallel size {data_parallel}.")
   need(rl.eval_batch_size % data_parallel == 0, f"config.rl.eval_batch_size="
        f"{rl.eval_batch_size} must be a multiple of the data-parallel size {data_parallel}.")
+  estimators.validate_config(rl)
 
 
 def eval_sampler_settings(rl: ml_collections.ConfigDict, *, mask_id: int) -> dict:
@@ -124,7 +125,8 @@ def build(config: ml_collections.ConfigDict, devices=None, *, apply_fn=None) -> 
   c, rl = setup.config, setup.config.rl
   validate_rl_config(c, data_parallel=sharding.data_parallel_size(setup.mesh))
   apply_fn = apply_fn or setup.apply_fn
-  loss_kwargs = dict(p_mask_prompt=rl.p_mask_prompt, eos_id=setup.tokenizer.eos_id)
+  loss_kwargs = dict(p_mask_prompt=rl.p_mask_prompt, eos_id=setup.tokenizer.eos_id,
+                     estimator=estimators.from_config(rl))
   return RLSetup(
       config=c, setup=setup, apply_fn=apply_fn,
       abstract_state=RLState.create(setup.abstract_state, setup.abstract_state.params),
