@@ -29,6 +29,8 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # The viewer of WORKDIR/tensorboard/ (the trainer writes it with tensorboardX).
+        "tensorboard": ["tensorboard>=2.16"],
         # Hugging Face checkpoint import (diffusionlm/train/convert.py needs safetensors;
         # its tests compare against transformers' Llama on torch: pytest -m convert).
         "convert": ["torch", "transformers>=5.0"],

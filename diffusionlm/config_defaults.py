@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500  # Also saved at the end and on SIGTERM.
   c.keep_checkpoints = 3  # The newest K checkpoints are kept.
   c.init_from = ""  # Another run's workdir: start from its latest parameters.
+  # Per-device memory the compiled train step may use, checked before the first step: 0 =
+  # ask the backend (host memory / local devices on CPU); > 0 overrides it; -1 = no check.
+  c.device_memory_gib = 0.0
 
   # ---- Training only (the RL loop reads config.rl instead) ----------------------
   c.objective = "mdm"  # "mdm" (masked diffusion), "ar" (causal baseline), "sft".

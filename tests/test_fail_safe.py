@@ -82,6 +82,42 @@ def _read_checkpoint(path: str):
   return checkpointer.restore(path, restore_args=restore_args)
 
 
+def test_without_the_launcher_a_survivor_stops_by_itself(tfds_dir, tmp_path):
+  """On a cluster nothing of ours kills the survivors: each stops when its next collective
+  with the dead process fails (cli.run), without hanging at JAX's shutdown barrier."""
+  workdir = str(tmp_path / "run")
+  port = 20000 + os.getpid() % 20000
+  procs, logs = [], []
+  for i in range(2):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+           "DIFFUSIONLM_COORDINATOR": f"127.0.0.1:{port}", "DIFFUSIONLM_NUM_PROCESSES": "2",
+           "DIFFUSIONLM_PROCESS_ID": str(i)}
+    logs.append(tmp_path / f"process{i}.err")
+    with open(logs[-1], "w") as err:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "diffusionlm.train", "--config=configs/base.py",
+           f"--workdir={workdir}",
+           *_flags(tfds_dir, num_train_steps=100_000, checkpoint_every_steps=4)],
+          cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True))
+  try:
+    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "8")), 300,
+              "checkpoint 8")
+    procs[1].kill()
+    killed_at = time.time()
+    _wait_for(lambda: procs[0].poll() is not None, 25, "the surviving process to stop")
+    stopped_after_s = time.time() - killed_at
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+  message = logs[0].read_text()
+  assert procs[0].returncode != 0
+  assert "diffusionlm: process 0 of 2 stops" in message, message[-3000:]
+  assert stopped_after_s < 25
+
+
 # ---- Checkpoints that do not load ---------------------------------------------------------
 
 
@@ -180,3 +216,71 @@ def test_loading_a_run_without_checkpoints_says_so(tmp_path):
   os.makedirs(tmp_path / "run" / "checkpoints")
   with pytest.raises(ValueError, match=r"--workdir=.*run.*has no checkpoint yet"):
     checkpoint.restore_params(str(tmp_path / "run"), None, source="--workdir")
+
+
+# ---- Start-up refusals and the smaller mends ----------------------------------------------
+
+
+def test_a_step_that_cannot_fit_is_refused_before_it_runs(tfds_dir, tmp_path):
+  from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  with pytest.raises(MemoryError, match=r"train step needs .* GiB per device .*temporaries.*"
+                                        r"more than the 0.00 GiB available "
+                                        r"\(config.device_memory_gib\). Lower global_batch_size "
+                                        r"\(8\), data.seq_len \(64\)"):
+    trainer.train_and_evaluate(_config(tfds_dir, device_memory_gib=1e-6), str(workdir))
+  assert not (workdir / "config.json").exists() and not (workdir / "metrics.jsonl").exists()
+
+
+def test_the_memory_check_asks_the_backend_by_default():
+  from diffusionlm.train import memory  # pylint: disable=g-import-not-at-top
+  available, source = memory.available_bytes()
+  assert available > 2**20 and source
+  small = memory.StepMemory(arguments=2**20, outputs=2**20, temporaries=2**20, aliased=2**20)
+  assert small.peak == 2 * 2**20
+  memory.check_fits(small, limit_gib=0.0, what="step", drivers="x")  # Fits the host.
+  memory.check_fits(small, limit_gib=-1.0, what="step", drivers="x")  # Check switched off.
+  with pytest.raises(MemoryError, match=r"needs 0.00 GiB per device"):
+    memory.check_fits(small, limit_gib=1e-9, what="step", drivers="x")
+
+
+def test_a_finished_run_reruns_without_compiling(tfds_dir, tmp_path, monkeypatch):
+  from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  first = trainer.train_and_evaluate(_config(tfds_dir), workdir)
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("a finished run compiled its step again")
+
+  monkeypatch.setattr(trainer, "compile_train_step", no_compile)
+  again = trainer.train_and_evaluate(_config(tfds_dir), workdir)
+  assert again["step"] == first["step"] == 4
+
+
+def test_nan_without_any_checkpoint_says_that_none_exists(tfds_dir, tmp_path):
+  from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
+  config = _config(tfds_dir, checkpoint_every_steps=100, **{
+      "optimizer.lr": 1e30, "optimizer.grad_clip": 0.0, "optimizer.warmup_steps": 0})
+  with pytest.raises(FloatingPointError, match=r"No checkpoint had been saved yet"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_deleted_checkpoints_folder_is_said_and_made_again(tmp_path, caplog):
+  import shutil  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  from diffusionlm.train import checkpoint  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "checkpoints"
+  data = iter(grain.MapDataset.range(10).to_iter_dataset())
+  ckpt = checkpoint.Checkpointer(str(directory), keep=3, async_save=False)
+  state = {"w": np.arange(3.0)}
+  ckpt.save(1, state, data, {})
+  shutil.rmtree(directory)
+  ckpt.save(2, state, data, {})
+  ckpt.wait()
+  assert ckpt.steps() == [2]
+  assert any("was deleted while the run was going" in r.getMessage() for r in caplog.records)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])), state)
+  step, restored = ckpt.restore_latest(abstract, data)
+  assert step == 2
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  ckpt.close()

@@ -32,13 +32,33 @@ def test_read_config_fills_defaults_and_derives_causal_of_old_runs(tmp_path):
 
 
 def test_run_time_fields_may_change_on_resume_the_model_may_not(tmp_path):
-  run_dir.start(str(tmp_path), _resolved())
+  run_dir.write_config(str(tmp_path), run_dir.start(str(tmp_path), _resolved()))
   run_dir.check_compatible(str(tmp_path), _resolved(dtype="bfloat16", remat="full",
                                                     logits_chunk_size=4))
   with pytest.raises(ValueError, match=r"model.d_model: 128 -> 64"):
     run_dir.check_compatible(str(tmp_path), _resolved(d_model=64))
   with pytest.raises(ValueError, match=r"model.causal: False -> True"):
     run_dir.check_compatible(str(tmp_path), _resolved(causal=True))
+
+
+def test_init_from_a_different_model_names_the_fields(tmp_path):
+  run_dir.write_config(str(tmp_path), _resolved().to_dict())
+  config = _resolved(d_model=64, dtype="bfloat16")
+  config.init_from = str(tmp_path)
+  with pytest.raises(ValueError, match=r"init_from=.* holds a different model "
+                                       r"\(model.d_model: 128 -> 64\)"):
+    run_dir.check_init_from(config)
+  config.model.d_model = 128
+  run_dir.check_init_from(config)  # Run-time fields (dtype) may differ.
+
+
+def test_a_changed_num_train_steps_on_resume_is_said(tmp_path):
+  config = _resolved()
+  run_dir.write_config(str(tmp_path), config.to_dict())
+  assert run_dir.schedule_change(str(tmp_path), config, resumed_step=5) is None
+  config.num_train_steps *= 2
+  message = run_dir.schedule_change(str(tmp_path), config, resumed_step=5)
+  assert "from 1000 to 2000" in message and "resumed step 5" in message
 
 
 def test_read_jsonl_names_a_bad_line(tmp_path):

@@ -4,7 +4,6 @@
 Any config field can be overridden, e.g. `--config.rl.num_iterations=8`. Rerunning the same
 command resumes from the newest good checkpoint in DIR.
 """
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -22,4 +21,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

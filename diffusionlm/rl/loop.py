@@ -96,6 +96,11 @@ def run(rs: rl_setup.RLSetup, workdir: str, *, score=None) -> dict:
 def _run(rs: rl_setup.RLSetup, workdir: str, score, preemption: run_dir.Preemption) -> dict:
   c, rl, setup = rs.config, rs.config.rl, rs.setup
   resolved = run_dir.start(workdir, c)
+  finished = run_dir.finished_summary(workdir, c)
+  if finished is not None:
+    run_dir.log(f"{workdir} already finished at RL step {finished['step']} (its "
+                "summary.json); nothing to do. Raise --config.num_train_steps to train on.")
+    return finished
   sharding.log_mesh(setup.mesh)
 
   prompts = rollout.PromptSet(pipeline.load_task_examples(c.data, "train"), setup.tokenizer)

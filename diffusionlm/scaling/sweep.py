@@ -19,6 +19,7 @@ per run for a cluster. `collect` turns finished runs into rows of one table (CSV
 """
 import csv
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -110,6 +111,14 @@ def _check_axes(sweep: ml_collections.ConfigDict):
                      "('mdm', 'ar')")
   if bool(epochs) == bool(totals):
     raise ValueError("give exactly one of sweep_config.epochs and sweep_config.total_tokens")
+  if "source_path" in sweep and sweep.train.data.dataset == "text_files":
+    corpus = sweep.source_path
+    if not corpus:
+      raise ValueError("--sweep_config.source_path is empty: name the sweep's text corpus, "
+                       "e.g. --sweep_config.source_path=corpus.txt (a text file, a glob, or "
+                       "several comma separated).")
+    if not any(glob.glob(os.path.expanduser(p.strip())) for p in corpus.split(",")):
+      raise ValueError(f"--sweep_config.source_path={corpus!r} matches no file.")
   for field, values in (("unique_tokens", unique), ("epochs", epochs),
                         ("total_tokens", totals)):
     if any(not v > 0 for v in values):

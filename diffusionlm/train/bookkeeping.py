@@ -15,9 +15,13 @@ from diffusionlm.train import checkpoint, metrics, run_dir
 
 
 class Bookkeeping:
-  """The bookkeeping of a run's loop: metrics writer, progress bar, checkpoints when due or
-  preempted (after the non-finite check), and summary.json at the end. A context manager:
-  leaving it waits for the last checkpoint and closes everything.
+  """The bookkeeping of a run's loop: config.json, metrics writer, progress bar, checkpoints
+  when due or preempted (after the non-finite check), and summary.json at the end. A context
+  manager: leaving it waits for the last checkpoint and closes everything.
+
+  Made once the run has started (its checkpoint restored or its state initialised), so a
+  start that fails leaves the run directory as it was. On resume it says so if
+  num_train_steps changed (run_dir.schedule_change) before config.json is rewritten.
 
   `nonfinite` are `run_dir.raise_if_nonfinite`'s unit, run and advice.
   """
@@ -28,6 +32,11 @@ class Bookkeeping:
     self.workdir, self.num_steps = workdir, config.num_train_steps
     self._checkpoint_every = config.checkpoint_every_steps
     self._ckpt, self._preemption, self._config_dict = ckpt, preemption, config_dict
+    if start_step > 0:
+      change = run_dir.schedule_change(workdir, config, resumed_step=start_step)
+      if change:
+        run_dir.log(change)
+    run_dir.write_config(workdir, config_dict)
     self.writer = metrics.MetricsWriter(workdir, resume_step=start_step)
     self.progress = tqdm.tqdm(total=self.num_steps, initial=start_step, desc=desc,
                               disable=jax.process_index() != 0, dynamic_ncols=True)

@@ -46,6 +46,16 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_iterator, config_dict: dict) -> None:
+    """Saves a checkpoint of `step` (asynchronously where enabled). A checkpoints folder
+    deleted during the run is said and made again (what it held is gone)."""
+    if not self.directory.exists():
+      logging.warning("The checkpoints folder %s was deleted while the run was going: every "
+                      "checkpoint it held is gone. Making it again to save step %d.",
+                      self.directory, step)
+      if jax.process_index() == 0:
+        self.directory.mkdir(parents=True, exist_ok=True)
+      multihost_utils.sync_global_devices(f"recreate-checkpoints-{step}")
+      self._manager.reload()
     self._manager.save(
         step,
         args=ocp.args.Composite(**{

@@ -71,6 +71,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict | None:
   return config
 
 
+def model_differences(previous: ml_collections.ConfigDict,
+                      config: ml_collections.ConfigDict) -> str:
+  """The model fields (but config_defaults.MODEL_RUN_TIME_FIELDS) in which `config` differs
+  from `previous`, as "model.d_model: 128 -> 64, ..." ("" if none)."""
+  changed = {k: (previous.model.get(k), v) for k, v in config.model.items()
+             if k not in config_defaults.MODEL_RUN_TIME_FIELDS and previous.model.get(k) != v}
+  return ", ".join(f"model.{k}: {a} -> {b}" for k, (a, b) in changed.items())
+
+
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
   """ValueError if `workdir` holds a run of another model (any model field but
   config_defaults.MODEL_RUN_TIME_FIELDS, the vocabulary included): a resumed run must not
@@ -78,23 +87,67 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
   previous = read_config(workdir)
   if previous is None:
     return
-  changed = {k: (previous.model.get(k), v) for k, v in config.model.items()
-             if k not in config_defaults.MODEL_RUN_TIME_FIELDS and previous.model.get(k) != v}
+  changed = model_differences(previous, config)
   if changed:
     raise ValueError(
-        f"{workdir} holds a run with a different model "
-        f"({', '.join(f'model.{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+        f"{workdir} holds a run with a different model ({changed}); "
         "use a new --workdir, or config.init_from to start from its parameters.")
 
 
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming the model fields in which config.init_from's run differs from
+  `config` (resolved), before any of its parameters are read."""
+  previous = read_config(config.init_from)
+  if previous is None:
+    raise ValueError(f"config.init_from={config.init_from!r} has no {CONFIG_FILE}: is it a "
+                     "diffusionlm run directory?")
+  changed = model_differences(previous, config)
+  if changed:
+    raise ValueError(
+        f"config.init_from={config.init_from!r} holds a different model ({changed}): its "
+        "parameters cannot initialise this one. Set these fields as in that run.")
+
+
 def start(workdir: str, config: ml_collections.ConfigDict) -> dict:
-  """Creates `workdir`, checks that it holds no run of another model and writes the
-  resolved `config` to config.json; returns it as the dict that checkpoints also save."""
+  """Creates `workdir` and checks that it holds no run of another model; returns the
+  resolved `config` as the dict that config.json and the checkpoints save (config.json is
+  written by the loop once the run has started: `write_config`)."""
   os.makedirs(workdir, exist_ok=True)
   check_compatible(workdir, config)
-  resolved = config.to_dict()
+  return config.to_dict()
+
+
+def write_config(workdir: str, resolved: dict) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), resolved)
-  return resolved
+
+
+def finished_summary(workdir: str, config: ml_collections.ConfigDict) -> dict | None:
+  """summary.json of a run in `workdir` that already reached config.num_train_steps (and
+  still has that checkpoint), else None: rerunning a finished run has nothing to do."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  step = summary.get("step", -1)
+  if step < config.num_train_steps or not os.path.isdir(
+      os.path.join(workdir, "checkpoints", str(step))):
+    return None
+  return summary
+
+
+def schedule_change(workdir: str, config: ml_collections.ConfigDict, *,
+                    resumed_step: int) -> str | None:
+  """A warning when a resumed run's num_train_steps differs from the one it started with:
+  the learning-rate schedule spans num_train_steps, so it is stretched (or squeezed)."""
+  previous = read_config(workdir)
+  if previous is None or previous.num_train_steps == config.num_train_steps:
+    return None
+  return (f"WARNING: num_train_steps changed from {previous.num_train_steps} to "
+          f"{config.num_train_steps} since this run started. The learning-rate schedule "
+          f"(warmup {config.optimizer.warmup_steps}, {config.optimizer.decay} decay) now ends "
+          f"at step {config.num_train_steps}: from the resumed step {resumed_step} on, the "
+          "learning rate follows the new schedule, not the one the run began with.")
 
 
 class Preemption:
@@ -132,8 +185,10 @@ def raise_if_nonfinite(state, *, ckpt, unit: str, run: str, advice: str) -> None
   naming that `unit`, the intact last good checkpoint of `ckpt` and what to lower (`advice`)."""
   bad = int(state.first_nonfinite_step)
   if bad >= 0:
-    last_good = ckpt.steps()[-1] if ckpt.steps() else None
+    kept = (f"The last good checkpoint (step {ckpt.steps()[-1]}) in {ckpt.directory} is "
+            "intact." if ckpt.steps() else
+            f"No checkpoint had been saved yet ({ckpt.directory} is empty), so the run "
+            "starts from scratch when rerun.")
     raise FloatingPointError(
-        f"Non-finite loss or gradient at {unit} {bad}; {run} stopped. The last good "
-        f"checkpoint (step {last_good}) in {ckpt.directory} is intact. Lower {advice}.")
+        f"Non-finite loss or gradient at {unit} {bad}; {run} stopped. {kept} Lower {advice}.")
 

@@ -37,6 +37,12 @@ ENV_NUM_PROCESSES = "DIFFUSIONLM_NUM_PROCESSES"
 ENV_PROCESS_ID = "DIFFUSIONLM_PROCESS_ID"
 ENV_LOCAL_DEVICES = "DIFFUSIONLM_LOCAL_DEVICE_IDS"  # optional, e.g. "0,1"
 ENV_AUTO = "DIFFUSIONLM_DISTRIBUTED"  # "auto": let JAX detect TPU pod / SLURM / OMPI
+# Seconds without a heartbeat after which the coordination service declares a process dead
+# and stops the others (JAX's default is 100), and the most the survivors wait for each
+# other at exit.
+ENV_HEARTBEAT_TIMEOUT = "DIFFUSIONLM_HEARTBEAT_TIMEOUT_S"
+ENV_SHUTDOWN_TIMEOUT = "DIFFUSIONLM_SHUTDOWN_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_SHUTDOWN_TIMEOUT_S = 30, 30
 
 
 def initialize_distributed() -> None:
@@ -45,8 +51,15 @@ def initialize_distributed() -> None:
   Explicit: DIFFUSIONLM_COORDINATOR, DIFFUSIONLM_NUM_PROCESSES, DIFFUSIONLM_PROCESS_ID.
   Automatic: DIFFUSIONLM_DISTRIBUTED=auto, for the cluster environments JAX detects by
   itself (TPU pod VMs, SLURM, Open MPI). Otherwise the run is single-process.
-  Must run before anything touches the devices.
+  Must run before anything touches the devices. A process that dies is noticed by the
+  others within DIFFUSIONLM_HEARTBEAT_TIMEOUT_S (default 30 s; sooner when a collective
+  with it fails), and each of them then stops (see cli.run).
   """
+  timeouts = dict(
+      heartbeat_timeout_seconds=int(os.environ.get(ENV_HEARTBEAT_TIMEOUT,
+                                                   DEFAULT_HEARTBEAT_TIMEOUT_S)),
+      shutdown_timeout_seconds=int(os.environ.get(ENV_SHUTDOWN_TIMEOUT,
+                                                  DEFAULT_SHUTDOWN_TIMEOUT_S)))
   if os.environ.get(ENV_COORDINATOR):
     missing = [v for v in (ENV_NUM_PROCESSES, ENV_PROCESS_ID) if v not in os.environ]
     if missing:
@@ -60,9 +73,10 @@ def initialize_distributed() -> None:
         num_processes=int(os.environ[ENV_NUM_PROCESSES]),
         process_id=int(os.environ[ENV_PROCESS_ID]),
         local_device_ids=[int(i) for i in local.split(",")] if local else None,
+        **timeouts,
     )
   elif os.environ.get(ENV_AUTO, "").lower() == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from diffusionlm.data import pipeline
 from diffusionlm.models import flops
 from diffusionlm.train import (bookkeeping, checkpoint, metrics, objectives, run_dir, sharding,
                                train_state, validation)
+from diffusionlm.train import memory as device_memory
 
 
 def make_train_step(setup: train_state.Setup):
@@ -72,6 +73,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   setup = train_state.build(config)
   c = setup.config
   resolved = run_dir.start(workdir, c)
+  finished = run_dir.finished_summary(workdir, c)
+  if finished is not None:
+    run_dir.log(f"{workdir} already finished at step {finished['step']} (its summary.json); "
+                "nothing to do. Raise --config.num_train_steps to train on.")
+    return finished
   sharding.log_mesh(setup.mesh)
 
   loader = pipeline.make_train_loader(
@@ -88,6 +94,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     start_step = 0
     state = train_state.make_init_fn(setup)(jax.random.key(c.seed))
     if c.init_from:
+      run_dir.check_init_from(c)
       params = checkpoint.restore_params(c.init_from, setup.abstract_state.params)
       state = state.replace(params=params, opt_state=jax.jit(
           setup.tx.init, out_shardings=setup.state_sharding.opt_state)(params))
@@ -112,6 +119,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         f"Compiled step memory per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
         f"MiB, outputs {memory.output_size_in_bytes / 2**20:.1f} MiB, temporaries "
         f"{memory.temp_size_in_bytes / 2**20:.1f} MiB.")
+  device_memory.check_fits(
+      device_memory.StepMemory.of(compiled), limit_gib=c.device_memory_gib, what="train step",
+      drivers=f"global_batch_size ({c.global_batch_size}), data.seq_len ({c.data.seq_len}), "
+              f"the model (d_model {c.model.d_model}, num_layers {c.model.num_layers}, "
+              f"mlp_dim {c.model.mlp_dim}), or set model.remat (now {c.model.remat!r}) or "
+              f"model.logits_chunk_size (now {c.model.logits_chunk_size})")
 
   eval_step = make_eval_step(setup)
   eval_batches = None
