@@ -406,7 +406,7 @@ def test_each_prompt_mask_is_used_exactly_once_per_micro_batch(rs8, recorder):
   state = rl_setup.init_state(rs8)
   step_key = jax.random.key(15)
   calls = iter(range(mu))
-  _, history = grpo.run_iterations(
+  _, history, _ = grpo.run_iterations(
       state.policy, state.ref_params, batch, step_key, num_iterations=mu,
       logps_step=recorder.in_phase("logps", rs8.logps_step),
       update_step=recorder.in_phase(lambda: f"update {next(calls)}", rs8.update_step))
@@ -458,7 +458,8 @@ def test_rl_step_on_8_devices_matches_1_device(init_run, rs8, recorder, straight
   assert row_8["step"] == 1
   assert metrics_1["reward_std"] > 0 and metrics_1["grad_norm"] > 0
   for k, v in metrics_1.items():
-    np.testing.assert_allclose(row_8[f"rl/{k}"], v, rtol=1e-4, atol=1e-6, err_msg=k)
+    if not k.startswith("seconds/"):  # Wall times differ.
+      np.testing.assert_allclose(row_8[f"rl/{k}"], v, rtol=1e-4, atol=1e-6, err_msg=k)
   # Within 1% of one Adam step (lr) per parameter.
   _assert_trees_close(state_8.policy.params, jax.device_get(state_1.policy.params),
                       rtol=0, atol=0.01 * rs1.config.optimizer.lr)
@@ -474,7 +475,7 @@ def test_resume_gives_the_same_next_step(rs8, init_run, straight_run, tmp_path):
   assert summary["step"] == 2
   rows_straight, rows_resumed = _read_rows(straight_run), _read_rows(resumed)
   assert [r["step"] for r in rows_resumed] == [1, 2]
-  drop_time = lambda row: {k: v for k, v in row.items() if k != "rl/seconds"}
+  drop_time = lambda row: {k: v for k, v in row.items() if not k.startswith("rl/seconds")}
   for a, b in zip(rows_straight, rows_resumed):
     assert drop_time(a) == pytest.approx(drop_time(b), rel=1e-6)
   step_a, state_a, iterator_a = _restore(rs8, resumed)
@@ -512,7 +513,8 @@ def test_every_estimator_runs_sharded_as_on_one_device_and_resumes_bitwise(init_
   row_8 = _read_rows(straight)[0]
   assert metrics_1["reward_std"] > 0 and metrics_1["grad_norm"] > 0
   for k, v in metrics_1.items():
-    np.testing.assert_allclose(row_8[f"rl/{k}"], v, rtol=1e-4, atol=1e-6, err_msg=k)
+    if not k.startswith("seconds/"):  # Wall times differ.
+      np.testing.assert_allclose(row_8[f"rl/{k}"], v, rtol=1e-4, atol=1e-6, err_msg=k)
   copy = str(tmp_path / "copy")
   shutil.copytree(straight, copy)
   _, state_8, _ = _restore(rs8, copy, step=1)
@@ -523,7 +525,7 @@ def test_every_estimator_runs_sharded_as_on_one_device_and_resumes_bitwise(init_
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(resumed), "2"))
   loop.run(rs8, resumed, score=toy_score)
-  drop_time = lambda row: {k: v for k, v in row.items() if k != "rl/seconds"}
+  drop_time = lambda row: {k: v for k, v in row.items() if not k.startswith("rl/seconds")}
   assert [drop_time(r) for r in _read_rows(resumed)] == [drop_time(r) for r in
                                                          _read_rows(straight)]
   jax.tree.map(np.testing.assert_array_equal, _restore(rs8, resumed)[1],

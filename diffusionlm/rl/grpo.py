@@ -21,6 +21,8 @@ function picks the mask for the precomputed log-probs and for the update, so eve
 used exactly once per rollout for every micro-batch (d1's code reseeds global RNGs and, under
 gradient accumulation, skips half of its masks; neither happens here).
 """
+import time
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -181,12 +183,18 @@ def run_iterations(state: train_state.TrainState, ref_params, batch, step_key, *
                    update_step, num_iterations: int):
   """The mu updates of one rollout: log-probs of every mask once, then update i under mask i.
 
-  Returns (state, metrics per iteration as a list of dicts of device scalars).
+  Returns (state, metrics per iteration as a list of dicts of device scalars, seconds
+  {"logps", "updates"}: wall time of the two phases, each waited for).
   """
-  views = logps_step(state.params, ref_params, batch, step_key)
+  tick = time.perf_counter()
+  views = jax.block_until_ready(logps_step(state.params, ref_params, batch, step_key))
+  seconds = {"logps": time.perf_counter() - tick}
+  tick = time.perf_counter()
   history = []
   for i in range(num_iterations):
     batch_i = {**batch, **{name: views_i[i] for name, views_i in views.items()}}
     state, metrics = update_step(state, batch_i, step_key, jnp.int32(i))
     history.append(metrics)
-  return state, history
+  jax.block_until_ready(state)
+  seconds["updates"] = time.perf_counter() - tick
+  return state, history, seconds

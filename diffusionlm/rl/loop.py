@@ -35,26 +35,32 @@ UPDATE_KEYS = ("prompt", "prompt_valid", "completion", "completion_mask", "commi
 def rl_step(rs: rl_setup.RLSetup, state: rl_setup.RLState, prompts: rollout.PromptSet, indices_N, step: int, *,
             score):
   """One RL step: rollout on indices_N, then rl.num_iterations updates. Returns
-  (state, metrics as host floats, completions)."""
+  (state, metrics as host floats, completions); the metrics include where the step's time
+  went: seconds/rollout (sampling and rewards), seconds/logps (old and reference log-probs
+  of every view), seconds/updates (the mu optimizer updates)."""
   c, rl = rs.config, rs.config.rl
   step_key = jax.random.fold_in(jax.random.key(c.seed), step)
+  tick = time.perf_counter()
   batch, roll_metrics, completions = rollout.rollout(
       state.params, rs.apply_fn, prompts, indices_N, jax.random.fold_in(step_key, 0),
       tokenizer=rs.setup.tokenizer, mesh=rs.setup.mesh, num_generations=rl.num_generations,
       gen_length=rl.gen_length, mask_id=rs.setup.model_config.mask_id,
       scale_rewards=rl.scale_rewards, score=score, sampler_settings=rs.sampler_settings)
+  seconds = {"rollout": time.perf_counter() - tick}
   micro_sharding = grpo.micro_batch_sharding(rs.setup.mesh)
   M = rl.num_micro_batches
   update_batch = {k: rollout.to_global(batch[k].reshape((M, -1) + batch[k].shape[1:]),
                                        micro_sharding) for k in UPDATE_KEYS}
-  policy, history = grpo.run_iterations(
+  policy, history, update_seconds = grpo.run_iterations(
       state.policy, state.ref_params, update_batch, jax.random.fold_in(step_key, 1),
       logps_step=rs.logps_step, update_step=rs.update_step, num_iterations=rl.num_iterations)
+  seconds.update(update_seconds)
   history = jax.device_get(history)
   update_metrics = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
   update_metrics["lr"] = float(history[-1]["lr"])
   new_state = rl_setup.RLState.create(policy, state.ref_params)
-  return new_state, {**roll_metrics, **update_metrics}, completions
+  timing = {f"seconds/{phase}": value for phase, value in seconds.items()}
+  return new_state, {**roll_metrics, **update_metrics, **timing}, completions
 
 
 def make_evaluator(rs: rl_setup.RLSetup, examples):
