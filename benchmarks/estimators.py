@@ -3,6 +3,9 @@
   python benchmarks/estimators.py                          # tiny CPU shapes
   python benchmarks/estimators.py --d_model=1024 --num_layers=16 --batch=32 \
       --prompt_len=256 --gen_length=256 --steps=128        # accelerator shapes
+  python benchmarks/estimators.py --memory_only --d_model=2048 --num_layers=18 \
+      --vocab=32000 --batch=8 --prompt_len=256 --gen_length=256 --steps=128 \
+      --dtype=bfloat16                                     # a 1B model: compile, no run
 
 For every estimator, compiles the real programs of one RL step, grpo.make_logps_step (old and
 reference log-probs of mu = 1 view) and grpo.make_update_step (one optax update), on the
@@ -33,6 +36,8 @@ _LAYERS = flags.DEFINE_integer("num_layers", 2, "Transformer blocks.")
 _VOCAB = flags.DEFINE_integer("vocab", 128, "Vocabulary size.")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per program (after one warm-up).")
+_MEMORY_ONLY = flags.DEFINE_bool("memory_only", False, "Compile on abstract shapes and print "
+                                 "the compiled memory only (no parameters are allocated).")
 
 
 def _memory_mib(compiled) -> float:
@@ -68,7 +73,8 @@ def main(argv):
   c.data.seq_len, c.global_batch_size = P + C, B
   c.optimizer.warmup_steps = 0
   setup = train_state.build(c, vocab_size=_VOCAB.value)
-  state = train_state.make_init_fn(setup)(jax.random.key(0))
+  state = (setup.abstract_state if _MEMORY_ONLY.value
+           else train_state.make_init_fn(setup)(jax.random.key(0)))
   rng = np.random.default_rng(0)
   completion = rng.integers(0, _VOCAB.value, (1, B, C)).astype(np.int32)
   commit = np.stack([rng.permutation(C) // (C // steps) for _ in range(B)])[None]
@@ -78,6 +84,7 @@ def main(argv):
            "commit_step": commit.astype(np.int32),
            "advantages": rng.normal(size=(1, B)).astype(np.float32)}
   batch = jax.device_put(batch, grpo.micro_batch_sharding(setup.mesh))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   key = jax.random.key(1)
   rows = [("mean_field", {"estimator": "mean_field"})]
   rows += [(f"trajectory s={s}", {"estimator": "trajectory", "trajectory_group": int(s)})
@@ -86,7 +93,7 @@ def main(argv):
            for k in _SAMPLES.value]
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {B}, prompt "
         f"{P}, completion {C}, {steps} passes; d_model {_D_MODEL.value}, {_LAYERS.value} "
-        f"layers, vocab {_VOCAB.value}, {_DTYPE.value}")
+        f"layers, vocab {_VOCAB.value}, {num_params / 1e6:.0f}M parameters, {_DTYPE.value}")
   print("| estimator | forwards | logps s/call | logps MiB | update s/call | update MiB |")
   print("|---|---|---|---|---|---|")
   for name, fields in rows:
@@ -98,9 +105,18 @@ def main(argv):
     logps = grpo.make_logps_step(setup, setup.apply_fn, num_iterations=1, with_ref=True, **kw)
     logps_args = (state.params, state.params, batch, key)
     logps_compiled = logps.lower(*logps_args).compile()
+    update = grpo.make_update_step(setup, setup.apply_fn, beta=0.04, clip_eps=0.2, **kw)
+    if _MEMORY_ONLY.value:
+      views = jax.eval_shape(logps, *logps_args)
+      update_batch = {**batch, **{k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype,
+                                                          sharding=batch["completion"].sharding)
+                                  for k, v in views.items()}}
+      update_compiled = update.lower(state, update_batch, key, jnp.int32(0)).compile()
+      print(f"| {name} | {forwards} | - | {_memory_mib(logps_compiled):.1f} | - | "
+            f"{_memory_mib(update_compiled):.1f} |", flush=True)
+      continue
     views = logps_compiled(*logps_args)
     update_batch = {**batch, **{k: v[0] for k, v in views.items()}}
-    update = grpo.make_update_step(setup, setup.apply_fn, beta=0.04, clip_eps=0.2, **kw)
     fresh = jax.tree.map(jnp.copy, state)  # The update donates its state.
     update_args = (fresh, update_batch, key, jnp.int32(0))
     update_compiled = update.lower(*update_args).compile()

@@ -39,6 +39,9 @@ def d1_config(arg: str | None = None, *, task: str):
   c.rl.num_iterations = D1_NUM_ITERATIONS[task]
   c.rl.num_prompts_per_step = 16
   c.rl.num_micro_batches = 2
+  # d1's one-step mean-field log-probs (d1 eq. 4). The estimators beyond it: "trajectory"
+  # (with rl.trajectory_group) or "elbo" (with rl.elbo_samples); docs/rl.md "Which estimator".
+  c.rl.estimator = "mean_field"
   c.rl.eval_every_steps = 100
   c.rl.eval_split = "test"
   c.rl.num_eval_examples = 256

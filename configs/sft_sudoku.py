@@ -1,26 +1,33 @@
-"""SFT on 4x4 Sudoku from scratch (d1's first stage; the quickstart's SFT stage).
+"""SFT on 4x4 Sudoku (d1's first stage; the quickstart's SFT stage).
 
 python -m diffusionlm.train --config=configs/sft_sudoku.py --workdir=runs/sft_sudoku
+python -m diffusionlm.train --config=configs/sft_sudoku.py:pretrained \
+    --workdir=runs/sft_sudoku --config.init_from=runs/quickstart
 
 The loss is LLaDA's SFT objective on the response (`<answer>` block + EOS) given the clean
-prompt. The model is the quickstart's (configs/quickstart.py), so a masked-diffusion run
-of that config can be the starting point too: add --config.init_from=runs/quickstart
-(and a lower --config.optimizer.lr=3e-4 for fine-tuning). From scratch, 600 steps take
-about 3 minutes on 2 CPU cores and decode 48% of validation puzzles greedily
-(gen_length 40, one block, 20 steps) and 28% in one step, the RL stage's sampler (seed 0;
-other seeds differ by 10-20 points, docs/rl.md).
+prompt. The model is the quickstart's (configs/quickstart.py). Without an argument it trains
+from scratch (lr 1e-3): 600 steps take about 3 minutes on 2 CPU cores and decode 48% of the
+validation puzzles greedily (gen_length 40, one block, 20 steps) and 28% in one step (seed
+0). `:pretrained` fine-tunes a masked-diffusion run of configs/quickstart.py (set
+--config.init_from) at lr 3e-4, as the quickstart does: 72.7% at 20 steps (seed 0,
+docs/rl.md).
 """
 from configs import quickstart
 
+VARIANTS = (None, "pretrained")
+
 
 def get_config(arg: str | None = None):
-  c = quickstart.get_config(arg)
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/sft_sudoku.py:{arg}: expected no argument or one of "
+                     f"{VARIANTS[1:]}.")
+  c = quickstart.get_config()
   c.objective = "sft"
   c.num_train_steps = 600
   c.log_every_steps = 25
   c.eval_every_steps = 200
   c.checkpoint_every_steps = 200
-  c.optimizer.lr = 1e-3
+  c.optimizer.lr = 3e-4 if arg == "pretrained" else 1e-3
   c.optimizer.warmup_steps = 50
   c.optimizer.decay = "cosine"
   return c

@@ -1,17 +1,26 @@
 """The README's main job: d1 (Zhao et al. 2025) in miniature, on 2 CPU cores.
 
   python -m diffusionlm.quickstart [--workdir=runs/d1_quickstart] [--seed=0]
-      [--num_test=1000] [--extra_eval_steps=20]
-      [--sft_config.FIELD=VALUE ...] [--rl_config.FIELD=VALUE ...]
+      [--num_test=1000] [--eval_steps=20 --eval_steps=1] [--d1_row]
+      [--pretrain_config.FIELD=VALUE ...] [--sft_config.FIELD=VALUE ...]
+      [--rl_config.FIELD=VALUE ...] [--d1_config.FIELD=VALUE ...]
 
-Three stages, each in its own folder under --workdir, each resuming from its checkpoints
-when the command is rerun:
-  1. sft/  SFT from scratch on the built-in 4x4 Sudoku data (configs/sft_sudoku.py);
-  2. rl/   diffu-GRPO from the SFT checkpoint (configs/rl_sudoku.py);
-  3. both models decode the held-out test split greedily with the RL stage's sampler (and
-     with each --extra_eval_steps number of denoising steps), and a d1-style table (SFT vs
-     + diffu-GRPO) is printed and written to WORKDIR/results.md and WORKDIR/results.json.
---seed sets both stages' `seed` (initialisation, data order, rollouts); the puzzles stay
+Stages, each in its own folder under --workdir, each resuming from its checkpoints when the
+command is rerun (a finished stage returns at once):
+  1. pretrain/  masked-diffusion pretraining on the built-in 4x4 Sudoku text
+                (configs/quickstart.py), so that masks anywhere, the prompt's too, are in
+                distribution, as they are for LLaDA;
+  2. sft/       SFT from it (configs/sft_sudoku.py:pretrained): clean prompt, masked answer;
+  3. rl/        diffu-GRPO from the SFT model with multi-step rollouts and this codebase's
+                default likelihood estimator (configs/rl_sudoku.py);
+     rl_d1/     with --d1_row, also diffu-GRPO as d1 publishes it (configs/rl_sudoku.py:d1:
+                the mean-field estimate, prompts masked at 0.15, mu = 4), same rollouts;
+  4. every model decodes the held-out test split greedily with each --eval_steps number of
+     denoising steps (default 20, the multi-step decoder the docs recommend, and 1), and a
+     table of accuracies with each RL row's gain over SFT and its paired standard error is
+     printed and written to WORKDIR/results.md and WORKDIR/results.json, with the wall time
+     of every stage.
+--seed sets every stage's `seed` (initialisation, data order, rollouts); the puzzles stay
 those of `data.task_seed`.
 """
 from collections.abc import Sequence
@@ -19,10 +28,12 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
@@ -33,18 +44,36 @@ from diffusionlm.train import sharding
 # files, not imported.
 _CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "configs")
-_SFT_CONFIG = config_flags.DEFINE_config_file(
-    "sft_config", os.path.join(_CONFIGS_DIR, "sft_sudoku.py"), "SFT stage config.",
-    lock_config=True)
-_RL_CONFIG = config_flags.DEFINE_config_file(
-    "rl_config", os.path.join(_CONFIGS_DIR, "rl_sudoku.py"), "diffu-GRPO stage config.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/d1_quickstart", "Folder of the three stages.")
-_SEED = flags.DEFINE_integer("seed", 0, "Training seed of both stages.")
+
+
+def _config_flag(name: str, file: str, help_text: str):
+  return config_flags.DEFINE_config_file(name, os.path.join(_CONFIGS_DIR, file), help_text,
+                                         lock_config=True)
+
+
+_PRETRAIN_CONFIG = _config_flag("pretrain_config", "quickstart.py",
+                                "Masked-diffusion pretraining config.")
+_SFT_CONFIG = _config_flag("sft_config", "sft_sudoku.py:pretrained", "SFT stage config.")
+_RL_CONFIG = _config_flag("rl_config", "rl_sudoku.py", "diffu-GRPO stage config.")
+_D1_CONFIG = _config_flag("d1_config", "rl_sudoku.py:d1",
+                          "diffu-GRPO as d1 publishes it (the --d1_row stage).")
+_D1_ROW = flags.DEFINE_bool("d1_row", False, "Also train and evaluate the d1 row.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/d1_quickstart", "Folder of the stages.")
+_SEED = flags.DEFINE_integer("seed", 0, "Training seed of every stage.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 1000, "Test examples to evaluate; 0 = all.")
-_EXTRA_EVAL_STEPS = flags.DEFINE_multi_integer(
-    "extra_eval_steps", [20], "Also evaluate both models with these numbers of sampler "
-    "steps (the default 20: multi-step decoding, next to the RL sampler's one step).")
+_EVAL_STEPS = flags.DEFINE_multi_integer(
+    "eval_steps", [20, 1], "Evaluate every model with these numbers of denoising steps "
+    "(greedy); the first is the table's headline column.")
+
+SFT_LABEL = "SFT"
+
+
+@dataclasses.dataclass(frozen=True)
+class RLStage:
+  """An RL row of the table: its folder under --workdir, its label and its config."""
+  name: str
+  label: str
+  config: ml_collections.ConfigDict
 
 
 @dataclasses.dataclass
@@ -67,9 +96,9 @@ class StageResult:
 
 def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[int],
                    split: str, num_examples: int, seed: int) -> list[StageResult]:
-  """Accuracy of the run in `run_dir` on `split` with the RL stage's sampler settings and
+  """Accuracy of the run in `run_dir` on `split` with the RL sampler's settings at the
   evaluation temperature (greedy by default), once per number of denoising steps in
-  `steps_list`. The RL stage's own steps also write RUN_DIR/eval_<task>_<split>.json."""
+  `steps_list`; the first also writes RUN_DIR/eval_<task>_<split>.json."""
   from diffusionlm import generation  # pylint: disable=g-import-not-at-top
   from diffusionlm.data import pipeline  # pylint: disable=g-import-not-at-top
   from diffusionlm.rl import setup as rl_setup  # pylint: disable=g-import-not-at-top
@@ -79,9 +108,8 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
   if num_examples:
     examples = examples[:num_examples]
   results = []
-  for steps in steps_list:
+  for i, steps in enumerate(steps_list):
     rl = rl_config.rl.copy_and_resolve_references()
-    is_rl_sampler = steps == rl.steps
     rl.steps = steps
     settings = rl_setup.eval_sampler_settings(rl, mask_id=run.model_config.mask_id)
     result = generation.evaluate_task(
@@ -89,7 +117,7 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
         mask_id=run.model_config.mask_id, causal=False, batch_size=rl.eval_batch_size,
         gen_length=rl.gen_length, key=jax.random.key(seed), sampler_kwargs=settings,
         mesh=run.setup.mesh)
-    if is_rl_sampler and jax.process_index() == 0:
+    if i == 0 and jax.process_index() == 0:
       generation.write_result(run_dir, result, examples, task=rl.task, split=split,
                               settings={"gen_length": rl.gen_length, **settings})
     results.append(StageResult(label, steps, result["accuracy"], result["mean_reward"],
@@ -97,19 +125,28 @@ def evaluate_stage(run_dir: str, label: str, *, rl_config, steps_list: Sequence[
   return results
 
 
-def gain_points(results: list[StageResult], steps: int) -> tuple[float, float]:
-  """(gain, standard error), in points: accuracy of the last stage minus the first's under
-  `steps`, and the paired standard error of that difference over the same examples,
-  sqrt(var(d) / n) with d = last correct - first correct per example (0 for n < 2)."""
-  first, *_, last = [r for r in results if r.steps == steps]
-  d = np.asarray(last.correct, float) - np.asarray(first.correct, float)
+def gain_points(baseline: StageResult, other: StageResult) -> tuple[float, float]:
+  """(gain, standard error), in points: other's accuracy minus baseline's on the same
+  examples, and the paired standard error of that difference, sqrt(var(d) / n) with
+  d = other correct - baseline correct per example (0 for n < 2)."""
+  d = np.asarray(other.correct, float) - np.asarray(baseline.correct, float)
   se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
-  return 100 * (last.accuracy - first.accuracy), 100 * se
+  return 100 * (other.accuracy - baseline.accuracy), 100 * se
 
 
-def results_table(results: list[StageResult], *, header: str, rl_steps: int) -> str:
-  """A d1-style markdown table: accuracy % (± binomial s.e.) and mean reward per stage (rows)
-  and number of sampler steps (columns)."""
+def gains(results: Sequence[StageResult]) -> dict[str, dict[int, tuple[float, float]]]:
+  """{label: {steps: (gain, standard error)}}: every RL row against SFT (`gain_points`)."""
+  by_key = {(r.label, r.steps): r for r in results}
+  out = {}
+  for r in results:
+    if r.label != SFT_LABEL:
+      out.setdefault(r.label, {})[r.steps] = gain_points(by_key[SFT_LABEL, r.steps], r)
+  return out
+
+
+def results_table(results: Sequence[StageResult], *, header: str, rl_steps: int) -> str:
+  """A d1-style markdown table: accuracy % (± binomial s.e.) per model (rows) and number of
+  denoising steps (columns), then each RL row's gain over SFT (± paired s.e.)."""
   steps_list = list(dict.fromkeys(r.steps for r in results))
   labels = list(dict.fromkeys(r.label for r in results))
   by_key = {(r.label, r.steps): r for r in results}
@@ -118,34 +155,40 @@ def results_table(results: list[StageResult], *, header: str, rl_steps: int) -> 
            "| model | " + " | ".join(f"{name(s)}: accuracy % | mean reward" for s in steps_list)
            + " |", "|---|" + "---|---|" * len(steps_list)]
   for label in labels:
-    cells = [by_key[label, s] for s in steps_list]
     lines.append(f"| {label} | " + " | ".join(
-        f"{100 * r.accuracy:.1f} ± {100 * r.standard_error:.1f} | {r.mean_reward:.3f}"
-        for r in cells) + " |")
+        f"{100 * by_key[label, s].accuracy:.1f} ± {100 * by_key[label, s].standard_error:.1f}"
+        f" | {by_key[label, s].mean_reward:.3f}" for s in steps_list) + " |")
   lines.append("")
-  gains = {s: gain_points(results, s) for s in steps_list}
-  lines += [f"diffu-GRPO - SFT with {name(s)}: {gains[s][0]:+.1f} ± {gains[s][1]:.1f} points "
-            "(paired standard error)." for s in steps_list]
+  for label, by_steps in gains(results).items():
+    lines += [f"{label} - SFT with {name(s)}: {gain:+.1f} ± {se:.1f} points (paired standard "
+              "error)." for s, (gain, se) in by_steps.items()]
   return "\n".join(lines)
 
 
-def check_configs(sft_config, rl_config) -> None:
-  """Both stages' configs checked before anything compiles; ValueError names the field."""
+def check_configs(pretrain_config, sft_config, rl_stages: Sequence[RLStage]) -> None:
+  """Every stage's config checked before anything compiles; ValueError names the field."""
   from diffusionlm.rl import rollout, setup as rl_setup  # pylint: disable=g-import-not-at-top
   from diffusionlm.train import validation  # pylint: disable=g-import-not-at-top
-  if sft_config.objective != "sft":
-    raise ValueError(f"sft_config.objective={sft_config.objective!r}: the first stage is SFT.")
-  sft_config, rl_config = (c.copy_and_resolve_references() for c in (sft_config, rl_config))
-  sft_config.init_from = rl_config.init_from = ""  # The RL stage's is the SFT run, made later.
-  validation.validate_train_config(sft_config, num_devices=jax.device_count(),
-                                   process_count=jax.process_count())
-  validation.validate_run_config(rl_config, num_devices=jax.device_count())
-  mesh = sharding.make_mesh(rl_config.mesh)
-  rl_setup.validate_rl_config(rl_config, data_parallel=sharding.data_parallel_size(mesh))
-  rollout.sampler_kwargs(rl_config.rl, mask_id=0)
-  if rl_config.data.dataset != sft_config.data.dataset:
-    raise ValueError(f"rl_config.data.dataset={rl_config.data.dataset!r} differs from "
-                     f"sft_config.data.dataset={sft_config.data.dataset!r}.")
+  for stage, config, objective in (("pretrain", pretrain_config, "mdm"),
+                                   ("sft", sft_config, "sft")):
+    if config.objective != objective:
+      raise ValueError(f"{stage}_config.objective={config.objective!r}: this stage is "
+                       f"{objective!r}.")
+    config = config.copy_and_resolve_references()
+    config.init_from = ""  # The SFT stage's is the pretraining run, made later.
+    validation.validate_train_config(config, num_devices=jax.device_count(),
+                                     process_count=jax.process_count())
+  for stage in rl_stages:
+    config = stage.config.copy_and_resolve_references()
+    config.init_from = ""  # The SFT run, made later.
+    validation.validate_run_config(config, num_devices=jax.device_count())
+    mesh = sharding.make_mesh(config.mesh)
+    rl_setup.validate_rl_config(config, data_parallel=sharding.data_parallel_size(mesh))
+    rollout.sampler_kwargs(config.rl, mask_id=0)
+    for other, other_config in (("pretrain", pretrain_config), ("sft", sft_config)):
+      if config.data.dataset != other_config.data.dataset:
+        raise ValueError(f"{stage.name} config: data.dataset={config.data.dataset!r} differs "
+                         f"from {other}_config.data.dataset={other_config.data.dataset!r}.")
 
 
 def _say(message: str) -> None:
@@ -164,40 +207,77 @@ def _require_finished(stage: str, summary: dict, config) -> None:
         "(preempted) with its checkpoint saved; rerun the same command to resume.")
 
 
-def run_pipeline(sft_config, rl_config, workdir: str, *, seed: int, num_test: int,
-                 extra_eval_steps: Sequence[int] = ()) -> dict:
-  """SFT -> diffu-GRPO -> evaluation of both with the RL sampler, and with each of
-  `extra_eval_steps` denoising steps; returns the results as a dict."""
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def run_pipeline(pretrain_config, sft_config, rl_config, workdir: str, *, seed: int,
+                 num_test: int, eval_steps: Sequence[int] = (20, 1),
+                 d1_config=None) -> dict:
+  """Pretraining -> SFT -> diffu-GRPO (and, given `d1_config`, d1's diffu-GRPO) ->
+  evaluation of SFT and every RL model with each of `eval_steps`; returns the results."""
   from diffusionlm.rl import loop  # pylint: disable=g-import-not-at-top
   from diffusionlm.train import trainer  # pylint: disable=g-import-not-at-top
-  sft_config = sft_config.copy_and_resolve_references()
-  rl_config = rl_config.copy_and_resolve_references()
-  sft_dir, rl_dir = os.path.join(workdir, "sft"), os.path.join(workdir, "rl")
-  sft_config.seed = rl_config.seed = seed
-  rl_config.init_from = sft_dir
-  check_configs(sft_config, rl_config)
+  dirs = {name: os.path.join(workdir, name) for name in ("pretrain", "sft", "rl", "rl_d1")}
+  pretrain_config, sft_config = (c.copy_and_resolve_references()
+                                 for c in (pretrain_config, sft_config))
+  rl_stages = [RLStage("rl", "SFT + diffu-GRPO", rl_config.copy_and_resolve_references())]
+  if d1_config is not None:
+    rl_stages.append(RLStage("rl_d1", "SFT + diffu-GRPO as in d1",
+                             d1_config.copy_and_resolve_references()))
+  for config in (pretrain_config, sft_config, *(s.config for s in rl_stages)):
+    config.seed = seed
+  sft_config.init_from = dirs["pretrain"]
+  for stage in rl_stages:
+    stage.config.init_from = dirs["sft"]
+  check_configs(pretrain_config, sft_config, rl_stages)
+  if not eval_steps:
+    raise ValueError("eval_steps is empty: nothing to evaluate with.")
 
-  _say(f"=== 1/3 SFT on {sft_config.data.dataset} -> {sft_dir}")
-  _require_finished("SFT", trainer.train_and_evaluate(sft_config, sft_dir), sft_config)
-  _say(f"=== 2/3 diffu-GRPO from the SFT checkpoint -> {rl_dir}")
-  _require_finished("diffu-GRPO", loop.train(rl_config, rl_dir), rl_config)
-  _say("=== 3/3 evaluation on the test split")
-  rl = rl_config.rl
-  steps_list = list(dict.fromkeys([rl.steps, *extra_eval_steps]))
-  results = [result
-             for run_dir, label in ((sft_dir, "SFT"), (rl_dir, "SFT + diffu-GRPO (d1)"))
-             for result in evaluate_stage(run_dir, label, rl_config=rl_config,
-                                          steps_list=steps_list, split="test",
-                                          num_examples=num_test, seed=seed)]
+  num_stages, seconds = 3 + len(rl_stages), {}
+
+  def timed(name: str, title: str, fn):
+    _say(f"=== {len(seconds) + 1}/{num_stages} {title}")
+    tick = time.perf_counter()
+    out = fn()
+    seconds[name] = time.perf_counter() - tick
+    _say(f"=== {name} done in {_minutes(seconds[name])}")
+    return out
+
+  timed("pretrain", f"masked-diffusion pretraining -> {dirs['pretrain']}",
+        lambda: _require_finished("pretraining", trainer.train_and_evaluate(
+            pretrain_config, dirs["pretrain"]), pretrain_config))
+  timed("sft", f"SFT from the pretrained model -> {dirs['sft']}",
+        lambda: _require_finished("SFT", trainer.train_and_evaluate(sft_config, dirs["sft"]),
+                                  sft_config))
+  for stage in rl_stages:
+    rl = stage.config.rl
+    timed(stage.name, f"{stage.label} ({rl.estimator} estimator, {rl.steps}-step rollouts) "
+          f"-> {dirs[stage.name]}",
+          lambda stage=stage: _require_finished(
+              stage.label, loop.train(stage.config, dirs[stage.name]), stage.config))
+
+  rl = rl_stages[0].config.rl
+  rows = [("sft", SFT_LABEL)] + [(s.name, s.label) for s in rl_stages]
+  results = timed("evaluation", f"greedy evaluation on the test split ({eval_steps} steps)",
+                  lambda: [result for name, label in rows
+                           for result in evaluate_stage(
+                               dirs[name], label, rl_config=rl_stages[0].config,
+                               steps_list=eval_steps, split="test", num_examples=num_test,
+                               seed=seed)])
   header = (f"{rl.task}, test split, {results[0].num_examples} examples; greedy decoding, "
             f"gen_length {rl.gen_length}, block_length {rl.block_length}, {rl.remasking} "
             "remasking.")
   table = results_table(results, header=header, rl_steps=rl.steps)
-  gains = {s: gain_points(results, s) for s in steps_list}
+  table += "\n\nWall time: " + ", ".join(f"{k} {_minutes(v)}" for k, v in seconds.items())
   summary = {"seed": seed, "task": rl.task, "rl_steps": rl.steps,
+             "estimators": {s.label: s.config.rl.estimator for s in rl_stages},
              "results": [r.summary() for r in results],
-             "gain_points": {str(s): gains[s][0] for s in steps_list},
-             "gain_standard_error": {str(s): gains[s][1] for s in steps_list}}
+             "gain_points": {label: {str(s): g for s, (g, _) in by_steps.items()}
+                             for label, by_steps in gains(results).items()},
+             "gain_standard_error": {label: {str(s): se for s, (_, se) in by_steps.items()}
+                                     for label, by_steps in gains(results).items()},
+             "stage_seconds": seconds}
   _say(table)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -212,12 +292,13 @@ def main(argv):
   cli.start(argv)
   if _NUM_TEST.value < 0:
     raise app.UsageError(f"--num_test={_NUM_TEST.value} must be >= 0.")
-  extra_eval_steps = _EXTRA_EVAL_STEPS.value or []
-  if any(steps < 1 for steps in extra_eval_steps):
-    raise app.UsageError(f"--extra_eval_steps={extra_eval_steps} must all be >= 1.")
+  eval_steps = _EVAL_STEPS.value or []
+  if not eval_steps or any(steps < 1 for steps in eval_steps):
+    raise app.UsageError(f"--eval_steps={eval_steps} must be given and all be >= 1.")
   try:
-    run_pipeline(_SFT_CONFIG.value, _RL_CONFIG.value, _WORKDIR.value, seed=_SEED.value,
-                 num_test=_NUM_TEST.value, extra_eval_steps=extra_eval_steps)
+    run_pipeline(_PRETRAIN_CONFIG.value, _SFT_CONFIG.value, _RL_CONFIG.value, _WORKDIR.value,
+                 seed=_SEED.value, num_test=_NUM_TEST.value, eval_steps=eval_steps,
+                 d1_config=_D1_CONFIG.value if _D1_ROW.value else None)
   except StageInterrupted as e:
     raise SystemExit(str(e)) from e
 

@@ -204,6 +204,19 @@ def test_gradient_at_ratio_one_is_the_policy_gradient(toy_params):
   assert float(metrics["kl"]) == 0.0 and float(metrics["clip_fraction"]) == 0.0
 
 
+def test_one_update_per_rollout_needs_no_old_log_probs(toy_params):
+  """mu = 1: without "old_logps" the loss is the one at pi_old = pi_theta (rho = 1), with
+  the same gradient, so the logps program skips the old policy's pass."""
+  batch, key = _batch(4), jax.random.key(8)
+  logp_BxC, _ = _logps(toy_params, batch, key)
+  with_old = {**batch, "old_logps": logp_BxC, "ref_logps": logp_BxC + 0.1}
+  without_old = {k: v for k, v in with_old.items() if k != "old_logps"}
+  metrics, grads = _metrics_and_grad(toy_params, without_old, key, 0.04, 0.2)
+  numerics.assert_close_at_scale((metrics, grads),
+                                 _metrics_and_grad(toy_params, with_old, key, 0.04, 0.2))
+  assert float(metrics["ratio"]) == 1.0
+
+
 @pytest.mark.parametrize("log_ratio", [1.0, -1.0])
 def test_clipping_stops_the_gradient_exactly_where_it_should(toy_params, log_ratio):
   """rho = e^{+-1} lies outside [1 - 0.5, 1 + 0.5]. Rows whose advantage pushes rho further
@@ -300,7 +313,7 @@ def tiny_config(data_dir, init_from="", **overrides):
   c.model.update(d_model=32, num_layers=1, num_heads=2, mlp_dim=64)
   c.rl.update(num_prompts_per_step=4, num_generations=4, num_iterations=2, num_micro_batches=2,
               gen_length=8, block_length=8, steps=4, eval_every_steps=0,
-              p_mask_prompt=0.15)  # d1's prompt masking (the Sudoku miniature turns it off).
+              estimator="mean_field", p_mask_prompt=0.15)  # d1's estimate and prompt masks.
   c.num_train_steps = 2
   c.checkpoint_every_steps = 1
   c.optimizer.lr = 1e-2

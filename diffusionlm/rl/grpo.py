@@ -57,8 +57,10 @@ def grpo_loss(params, apply_fn, batch, key, *, beta: float, clip_eps: float,
 
   batch: "prompt" int [B, P], "prompt_valid" bool [B, P] (optional), "completion" int [B, C],
     "advantages" [B], "old_logps" [B, C] (log-probs of the rollout policy under the same
-    key), and "ref_logps" [B, C] (reference policy, same key; needed when beta > 0), plus
-    what the estimator reads (`trajectory`: "commit_step" [B, C]).
+    key; without it pi_old = pi_theta, rho = 1 with the gradient of log pi_theta, which is
+    what one update per rollout (mu = 1) computes), and "ref_logps" [B, C] (reference
+    policy, same key; needed when beta > 0), plus what the estimator reads (`trajectory`:
+    "commit_step" [B, C]).
   estimator: the log-prob estimate, estimator(params, apply_fn, batch, key, p_mask_prompt=,
     mask_id=, eos_id=) -> (logp_BxC, weight_BxC) (estimators.py; default d1's mean field).
   num_tokens: the normaliser T; default this batch's completion tokens. Passing the rollout
@@ -70,7 +72,8 @@ def grpo_loss(params, apply_fn, batch, key, *, beta: float, clip_eps: float,
   logp_BxC, weight_BxC = estimator(params, apply_fn, batch, key, p_mask_prompt=p_mask_prompt,
                                    mask_id=mask_id, eos_id=eos_id)
   advantage_Bx1 = batch["advantages"].astype(jnp.float32)[:, None]
-  ratio_BxC = jnp.exp(logp_BxC - batch["old_logps"])
+  old_logp_BxC = batch.get("old_logps", jax.lax.stop_gradient(logp_BxC))
+  ratio_BxC = jnp.exp(logp_BxC - old_logp_BxC)
   clipped_BxC = jnp.clip(ratio_BxC, 1.0 - clip_eps, 1.0 + clip_eps)
   surrogate_BxC = jnp.minimum(ratio_BxC * advantage_Bx1, clipped_BxC * advantage_Bx1)
   if "ref_logps" in batch:
@@ -109,9 +112,14 @@ def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
   [mu, M, b, C]: the rollout policy's and the reference's per-token log-probs under every
   mask_key(step_key, i, m), for the mu iterations i and the M micro-batches m of `batch`
   (arrays [M, b, ...], see `make_update_step`). Computed once per rollout. Without
-  `with_ref` (beta = 0) only "old_logps" is returned. `estimator`: as in `grpo_loss`.
+  `with_ref` (beta = 0) there is no "ref_logps"; with mu = 1 no "old_logps" (the only update
+  runs at the rollout's parameters, so pi_old = pi_theta: `grpo_loss`), and with neither the
+  step computes nothing. `estimator`: as in `grpo_loss`.
   """
   mask_id = setup.model_config.mask_id
+  with_old = num_iterations > 1
+  if not (with_old or with_ref):
+    return lambda params, ref_params, batch, step_key: {}
 
   def logps(params, ref_params, batch, step_key):
     def one_view(args):
@@ -120,7 +128,7 @@ def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
       key = mask_key(step_key, i, m)
       score = lambda p: estimator(p, apply_fn, micro, key, p_mask_prompt=p_mask_prompt,
                                   mask_id=mask_id, eos_id=eos_id)[0]
-      out = {"old_logps": score(params)}
+      out = {"old_logps": score(params)} if with_old else {}
       if with_ref:
         out["ref_logps"] = score(ref_params)
       return out
