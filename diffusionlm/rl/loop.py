@@ -104,8 +104,6 @@ def _run(rs: rl_setup.RLSetup, workdir: str, score, preemption: run_dir.Preempti
   resolved = run_dir.start(workdir, c)
   finished = run_dir.finished_summary(workdir, c)
   if finished is not None:
-    run_dir.log(f"{workdir} already finished at RL step {finished['step']} (its "
-                "summary.json); nothing to do. Raise --config.num_train_steps to train on.")
     return finished
   sharding.log_mesh(setup.mesh)
 

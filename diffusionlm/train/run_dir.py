@@ -123,7 +123,8 @@ def write_config(workdir: str, resolved: dict) -> None:
 
 def finished_summary(workdir: str, config: ml_collections.ConfigDict) -> dict | None:
   """summary.json of a run in `workdir` that already reached config.num_train_steps (and
-  still has that checkpoint), else None: rerunning a finished run has nothing to do."""
+  still has that checkpoint), else None: rerunning a finished run has nothing to do, and
+  says so."""
   path = os.path.join(workdir, SUMMARY_FILE)
   if not os.path.exists(path):
     return None
@@ -133,6 +134,8 @@ def finished_summary(workdir: str, config: ml_collections.ConfigDict) -> dict | 
   if step < config.num_train_steps or not os.path.isdir(
       os.path.join(workdir, "checkpoints", str(step))):
     return None
+  log(f"{workdir} already finished at step {step} (its {SUMMARY_FILE}); nothing to do. "
+      "Raise --config.num_train_steps to train on.")
   return summary
 
 

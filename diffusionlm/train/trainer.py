@@ -75,8 +75,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   resolved = run_dir.start(workdir, c)
   finished = run_dir.finished_summary(workdir, c)
   if finished is not None:
-    run_dir.log(f"{workdir} already finished at step {finished['step']} (its summary.json); "
-                "nothing to do. Raise --config.num_train_steps to train on.")
     return finished
   sharding.log_mesh(setup.mesh)
 
