@@ -83,16 +83,19 @@ def _read_checkpoint(path: str):
 
 
 def test_without_the_launcher_a_survivor_stops_by_itself(tfds_dir, tmp_path):
-  """On a cluster nothing of ours kills the survivors: each stops when its next collective
-  with the dead process fails (cli.run), without hanging at JAX's shutdown barrier."""
+  """On a cluster nothing of ours kills the survivors. Each stops by itself: at once when
+  its next collective with the dead process fails (cli.run: its traceback and one line, no
+  wait at JAX's shutdown barrier), or, if it waits elsewhere (an orbax barrier, say), when
+  the coordination service misses the dead one's heartbeats. The bound allows for both."""
   workdir = str(tmp_path / "run")
   port = 20000 + os.getpid() % 20000
+  heartbeat_s = 10
   procs, logs = [], []
   for i in range(2):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "DIFFUSIONLM_COORDINATOR": f"127.0.0.1:{port}", "DIFFUSIONLM_NUM_PROCESSES": "2",
-           "DIFFUSIONLM_PROCESS_ID": str(i)}
+           "DIFFUSIONLM_PROCESS_ID": str(i), "DIFFUSIONLM_HEARTBEAT_TIMEOUT_S": str(heartbeat_s)}
     logs.append(tmp_path / f"process{i}.err")
     with open(logs[-1], "w") as err:
       procs.append(subprocess.Popen(
@@ -100,13 +103,12 @@ def test_without_the_launcher_a_survivor_stops_by_itself(tfds_dir, tmp_path):
            f"--workdir={workdir}",
            *_flags(tfds_dir, num_train_steps=100_000, checkpoint_every_steps=4)],
           cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True))
+  bound_s = 3 * heartbeat_s + 15  # The service's polling and a loaded machine's slowness.
   try:
     _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "8")), 300,
               "checkpoint 8")
     procs[1].kill()
-    killed_at = time.time()
-    _wait_for(lambda: procs[0].poll() is not None, 25, "the surviving process to stop")
-    stopped_after_s = time.time() - killed_at
+    _wait_for(lambda: procs[0].poll() is not None, bound_s, "the surviving process to stop")
   finally:
     for proc in procs:
       if proc.poll() is None:
@@ -114,8 +116,8 @@ def test_without_the_launcher_a_survivor_stops_by_itself(tfds_dir, tmp_path):
         proc.wait()
   message = logs[0].read_text()
   assert procs[0].returncode != 0
-  assert "diffusionlm: process 0 of 2 stops" in message, message[-3000:]
-  assert stopped_after_s < 25
+  assert ("diffusionlm: process 0 of 2 stops" in message
+          or "another task died" in message), message[-3000:]
 
 
 # ---- Checkpoints that do not load ---------------------------------------------------------
