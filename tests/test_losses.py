@@ -212,6 +212,37 @@ def test_ar_nll_is_normalised_and_ignores_padding(net_params):
   np.testing.assert_allclose(loss, nll.sum() / ((length - 1) * len(tokens)), rtol=1e-5)
 
 
+def test_conditional_mdm_nll_estimates_the_enumerated_conditional_elbo(net_params, enumerated):
+  """scored_BxL = positions 1.. (position 0 is visible context): the mean of mdm_nll is
+  E_{l~U{1..L-1}} E_{M subset of the continuation, |M|=l} [((L-1)/l) sum_{i in M} CE], which
+  bounds -log p(continuation | context); scored = all valid tokens is the plain ELBO."""
+  sizes = enumerated["sizes"]
+  free = np.array([0 not in subset for subset in SUBSETS]) & (sizes > 0)
+  per_subset = np.where(free, 1.0 / (np.maximum(sizes, 1) * special.comb(L - 1, sizes)), 0.0)
+  expected = enumerated["masked_sum"] @ per_subset
+  copies = 128
+  tokens = jnp.asarray(np.tile(SEQS_NxL, (copies, 1)))
+  scored = jnp.broadcast_to(jnp.arange(L) > 0, tokens.shape)
+  nll_fn = jax.jit(functools.partial(losses.mdm_nll, net_params, net_apply,
+                                     mask_id=MODEL.mask_id, num_mc=2))
+  nll_CxN = nll_fn(tokens, jax.random.key(4), scored_BxL=scored)
+  _assert_unbiased(nll_CxN.reshape(copies, len(SEQS_NxL)), expected)
+  # Each context's continuations: sum of exp(-bound) <= 1 (a bound on a distribution).
+  assert np.all(np.exp(-expected).reshape(V, -1).sum(1) <= 1 + 1e-6)
+  np.testing.assert_array_equal(nll_fn(tokens, jax.random.key(4)),
+                                nll_fn(tokens, jax.random.key(4), scored_BxL=tokens >= 0))
+
+
+def test_ar_nll_of_a_continuation_is_the_chain_rule(net_params):
+  """-log p(x) = -log p(x_{<k}) + -log p(x_{>=k} | x_{<k}): scored_BxL splits the sum."""
+  tokens = jnp.asarray(SEQS_NxL)
+  fn = jax.jit(lambda scored: losses.ar_nll(net_params, causal_apply, tokens,
+                                            scored_BxL=scored))
+  head = jnp.broadcast_to(jnp.arange(L) < 2, tokens.shape)
+  np.testing.assert_allclose(fn(head) + fn(~head), fn(None), rtol=1e-6)
+  assert np.all(np.asarray(fn(~head)) > 0) and np.all(np.asarray(fn(head)) > 0)
+
+
 # ---- SFT: the prompt is never masked or scored; prompt padding changes nothing --------------
 SFT_L = 10
 PROMPT_B = np.array([2, 3, 1, 4])

@@ -7,17 +7,17 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
+
+import toy_models
 
 from configs import base, llada_8b, llada_8b_rl
 from diffusionlm import tasks
 from diffusionlm.data import builders, pipeline
-from diffusionlm.train import convert
 from diffusionlm.rl import rollout, setup as rl_setup
 from diffusionlm.tasks import answers, layout, math_problems
-from diffusionlm.train import train_state, validation
+from diffusionlm.train import validation
 
 MATH = tasks.get("math")
 TEST_RECORDS = [
@@ -164,18 +164,7 @@ def test_is_correct_for_math(completion, correct):
 def sudoku_run(tmp_path_factory):
   """A run directory trained on sudoku: config.json and random parameters (a tiny
   character-level masked-diffusion model), nothing trained or compiled."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  c = base.get_config()
-  c.model.update(d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
-  setup = train_state.build(c, jax.devices()[:1])
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda x: (0.5 * rng.normal(size=x.shape)).astype(x.dtype),
-                        setup.abstract_state.params)
-  c.model.vocab_size = setup.model_config.vocab_size
-  convert.save_params(workdir, params, c.to_dict())
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(c.to_dict(), f)
-  return workdir
+  return toy_models.write_random_run(str(tmp_path_factory.mktemp("run")))
 
 
 def _evaluate_cli(*args):

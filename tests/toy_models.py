@@ -38,3 +38,34 @@ def recording(apply_fn):
     return logits_BxTxV
 
   return recorded_apply_fn, calls
+
+
+def write_random_run(workdir: str, *, objective: str = "mdm", seed: int = 0, scale: float = 0.5,
+                     **config_overrides) -> str:
+  """A run directory as training leaves it (config.json, an orbax checkpoint of step 0) with
+  random parameters: a tiny character-level Transformer (d_model 16, one layer unless
+  `model=` overrides it); nothing trained or compiled. `config_overrides` set top-level
+  config fields (dicts update a section)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  from diffusionlm.train import convert, train_state  # pylint: disable=g-import-not-at-top
+  c = base.get_config()
+  c.objective = objective
+  c.model.update(d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
+  for key, value in config_overrides.items():
+    if isinstance(value, dict):
+      c[key].update(value)
+    else:
+      c[key] = value
+  setup = train_state.build(c, jax.devices()[:1])
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: (scale * rng.normal(size=x.shape)).astype(x.dtype),
+                        setup.abstract_state.params)
+  c.model.vocab_size = setup.model_config.vocab_size
+  c.model.causal = setup.model_config.causal
+  os.makedirs(workdir, exist_ok=True)
+  convert.save_params(workdir, params, c.to_dict())
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(c.to_dict(), f)
+  return workdir

@@ -96,6 +96,9 @@ class CharTokenizer:
     ids_T = self.encode_array("".join(texts))
     return np.split(ids_T, np.cumsum([len(t) for t in texts])[:-1]) if texts else []
 
+  def id_to_token(self, token_id: int) -> str:
+    return str(self._pieces[token_id])
+
   def decode(self, ids) -> str:
     """Inverse of encode; special tokens print as <pad>, <bos>, <eos>."""
     ids_T = np.asarray(ids, np.int64).reshape(-1)
@@ -198,6 +201,9 @@ class HFTokenizer:
   @property
   def fingerprint(self) -> str:
     return self._fingerprint
+
+  def id_to_token(self, token_id: int) -> str | None:
+    return self._tok.id_to_token(token_id)
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids

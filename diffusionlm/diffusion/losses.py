@@ -215,16 +215,29 @@ def ar_loss(params, apply_fn, tokens_BxL, *, valid_BxL=None):
   return loss, {"loss": loss, "bits_per_token": loss / math.log(2)}
 
 
-def ar_nll(params, apply_fn, tokens_BxL, *, valid_BxL=None) -> jax.Array:
+def _check_scored(tokens_BxL, valid_BxL, scored_BxL) -> jax.Array:
+  """`scored_BxL` as bool and within `valid_BxL` (all valid tokens when None)."""
+  if scored_BxL is None:
+    return valid_BxL
+  return _check_tokens(tokens_BxL, scored_BxL, "scored_BxL") & valid_BxL
+
+
+def ar_nll(params, apply_fn, tokens_BxL, *, valid_BxL=None, scored_BxL=None) -> jax.Array:
   """Exact NLL per row, nats: sum_i -log p(x_{i+1} | x_{<=i}) over valid pairs.
 
   The first valid token of a row is conditioned on, not scored (BOS in our data).
+  scored_BxL (optional): only these targets x_{i+1} are scored, e.g. a continuation after
+  its context: -log p(continuation | context).
   """
+  valid_BxL = _check_tokens(tokens_BxL, valid_BxL)
   nll_BxL1, _ = _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL)
+  if scored_BxL is not None:
+    nll_BxL1 = jnp.where(_check_scored(tokens_BxL, valid_BxL, scored_BxL)[:, 1:], nll_BxL1, 0.0)
   return nll_BxL1.sum(axis=1)
 
 
-def mdm_nll(params, apply_fn, tokens_BxL, key, *, mask_id, num_mc, valid_BxL=None):
+def mdm_nll(params, apply_fn, tokens_BxL, key, *, mask_id, num_mc, valid_BxL=None,
+            scored_BxL=None):
   """Monte-Carlo negative ELBO per row in nats (LLaDA Algorithm 3, eq. 6).
 
       -log p(x) <= E_{l ~ U{1..L}} E_{M: |M| = l} [ (L / l) sum_{i in M} -log p(x^i | x_{-M}) ]
@@ -232,14 +245,18 @@ def mdm_nll(params, apply_fn, tokens_BxL, key, *, mask_id, num_mc, valid_BxL=Non
   with L the row's number of valid tokens. Draw m of `num_mc` takes
   l = floor(L (m + u) / num_mc) + 1 (stratified: the draws cover {1..L} evenly, and the
   mean over draws is unbiased) and masks exactly l valid tokens uniformly at random.
+  scored_BxL (optional): only these tokens are masked and scored (L counts them), the
+  other valid tokens stay visible: the conditional bound on -log p(continuation | context)
+  that LLaDA's likelihood evaluation (eq. 6 with a prompt) uses.
   Draws run sequentially, so memory is that of one forward pass. Returns nll_B.
   """
   if not isinstance(num_mc, numbers.Integral) or num_mc < 1:
     raise ValueError(f"num_mc must be an int >= 1, got {num_mc!r}.")
   _check_mask_id(mask_id)
   valid_BxL = _check_tokens(tokens_BxL, valid_BxL)
+  maskable_BxL = _check_scored(tokens_BxL, valid_BxL, scored_BxL)
   B, L = tokens_BxL.shape
-  length_B = valid_BxL.sum(axis=1)
+  length_B = maskable_BxL.sum(axis=1)
   k_strata, k_draws = jax.random.split(key)
   u_B = jax.random.uniform(k_strata, (B,))
 
@@ -247,8 +264,8 @@ def mdm_nll(params, apply_fn, tokens_BxL, key, *, mask_id, num_mc, valid_BxL=Non
     m, key_m = args
     frac_B = (m + u_B) / num_mc
     num_masked_B = jnp.minimum(jnp.floor(frac_B * length_B).astype(jnp.int32) + 1, length_B)
-    # Rank valid positions in a random order (invalid ones last); mask the first l.
-    order_BxL = jnp.where(valid_BxL, _uniform_BxL(key_m, (B, L)), 2.0)
+    # Rank maskable positions in a random order (the others last); mask the first l.
+    order_BxL = jnp.where(maskable_BxL, _uniform_BxL(key_m, (B, L)), 2.0)
     rank_BxL = jnp.argsort(jnp.argsort(order_BxL, axis=1), axis=1)
     masked_BxL = rank_BxL < num_masked_B[:, None]
     nll_BxL = _masked_nll(params, apply_fn, tokens_BxL, masked_BxL, valid_BxL, mask_id)

@@ -206,51 +206,70 @@ def read_hf_config(hf_dir: str) -> HFConfig:
                    "'llama' or 'mistral').")
 
 
-# ---- Layouts: checkpoint tensor -> our parameter ------------------------------------------
+# ---- Layouts: checkpoint tensor <-> our parameter ------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  """Where one checkpoint tensor goes: our parameter path, its stored shape, its layout."""
+  """Where one checkpoint tensor goes: our parameter path, its stored shape, its layout
+  (`to_ours`) and the inverse layout (`to_theirs`, which the exporter uses)."""
   path: tuple[str, ...]
   shape: tuple[int, ...]
   to_ours: Callable[[np.ndarray], np.ndarray]
+  to_theirs: Callable[[np.ndarray], np.ndarray]
 
 
 def _heads_in(num_heads: int):
-  """(heads*H, D) -> (D, heads, H)."""
-  return lambda w: w.T.reshape(w.shape[1], num_heads, -1)
+  """(heads*H, D) -> (D, heads, H), and back."""
+  return (lambda w: w.T.reshape(w.shape[1], num_heads, -1),
+          lambda w: w.reshape(w.shape[0], -1).T)
 
 
 def _heads_out(num_heads: int):
-  """(D, N*H) -> (N, H, D)."""
-  return lambda w: w.T.reshape(num_heads, -1, w.shape[0])
+  """(D, N*H) -> (N, H, D), and back."""
+  return (lambda w: w.T.reshape(num_heads, -1, w.shape[0]),
+          lambda w: w.reshape(-1, w.shape[-1]).T)
 
 
 def _embedding(hf: HFConfig):
-  """(E, D) -> (V + 1, D): the V real rows, then the mask row (module docstring)."""
-  V = hf.model["vocab_size"]
+  """(E, D) -> (V + 1, D): the V real rows, then the mask row (module docstring); back:
+  the V real rows, our mask row at `mask_token_id` (LLaDA), other rows zero."""
+  V, E = hf.model["vocab_size"], hf.embedding_rows
 
-  def layout(w_ExD):
+  def to_ours(w_ExD):
     if hf.mask_token_id is not None:
       mask_row_D = w_ExD[hf.mask_token_id]
     else:
       mask_row_D = w_ExD[:V].astype(np.float32).mean(axis=0).astype(w_ExD.dtype)
     return np.concatenate([w_ExD[:V], mask_row_D[None]], axis=0)
 
-  return layout
+  def to_theirs(w_V1xD):
+    w_ExD = np.zeros((E, w_V1xD.shape[1]), w_V1xD.dtype)
+    w_ExD[:V] = w_V1xD[:V]
+    if hf.mask_token_id is not None:
+      w_ExD[hf.mask_token_id] = w_V1xD[V]
+    return w_ExD
+
+  return to_ours, to_theirs
+
+
+def _head(hf: HFConfig):
+  """(E, D) -> (D, V): the rows of the V real ids; back: rows beyond V are zero."""
+  V, E = hf.model["vocab_size"], hf.embedding_rows
+  return (lambda w: w[:V].T,
+          lambda w: np.concatenate([w.T, np.zeros((E - V, w.shape[0]), w.dtype)]))
 
 
 def tensor_plan(hf: HFConfig) -> dict[str, Target]:
   """Every tensor the checkpoint must hold, by name, with its shape and our layout."""
   m = hf.model
   D, N, K, F = m["d_model"], m["num_heads"], m["num_kv_heads"], m["mlp_dim"]
-  H, E, V = D // N, hf.embedding_rows, m["vocab_size"]
-  transpose = lambda w: w.T
-  same = lambda w: w
-  layouts = {  # our parameter -> (stored shape, layout)
+  H, E = D // N, hf.embedding_rows
+  transpose = (lambda w: w.T,) * 2
+  same = (lambda w: w,) * 2
+  layouts = {  # our parameter -> (stored shape, (layout, inverse layout))
       "embedding": ((E, D), _embedding(hf)),
-      "head": ((E, D), lambda w: w[:V].T),
+      "head": ((E, D), _head(hf)),
       "final_norm/scale": ((D,), same),
       "attn/query": ((N * H, D), _heads_in(N)),
       "attn/key": ((K * H, D), _heads_in(K)),
@@ -266,11 +285,11 @@ def tensor_plan(hf: HFConfig) -> dict[str, Target]:
   for ours, theirs in TENSOR_NAMES[hf.family].items():
     if ours == "head" and m["tie_embeddings"]:
       continue
-    shape, layout = layouts[ours.removeprefix("block_{i}/")]
+    shape, (to_ours, to_theirs) = layouts[ours.removeprefix("block_{i}/")]
     layers = range(m["num_layers"]) if "{i}" in ours else (None,)
     for i in layers:
       path = tuple(ours.format(i=i).split("/"))
-      plan[theirs.format(i=i)] = Target(path, shape, layout)
+      plan[theirs.format(i=i)] = Target(path, shape, to_ours, to_theirs)
   return plan
 
 

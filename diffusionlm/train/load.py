@@ -30,6 +30,15 @@ class LoadedRun:
     return self.setup.apply_fn
 
 
+def read_run_config(workdir: str, *, source: str = "--workdir") -> ml_collections.ConfigDict:
+  """WORKDIR/config.json (`run_dir.read_config`); a ValueError if the directory has none."""
+  config = run_dir.read_config(workdir)
+  if config is None:
+    raise ValueError(f"{source}={workdir!r} has no config.json: is it a diffusionlm run "
+                     "directory?")
+  return config
+
+
 def load_run(workdir: str, devices=None, *, source: str = "--workdir",
              **overrides) -> LoadedRun:
   """Rebuilds a run's model from WORKDIR/config.json and loads its newest good parameters.
@@ -37,10 +46,7 @@ def load_run(workdir: str, devices=None, *, source: str = "--workdir",
   `overrides` replace top-level config fields (e.g. `mesh=...` to run on other devices);
   `source` names where `workdir` came from in errors.
   """
-  config = run_dir.read_config(workdir)
-  if config is None:
-    raise ValueError(f"{source}={workdir!r} has no config.json: is it a diffusionlm run "
-                     "directory?")
+  config = read_run_config(workdir, source=source)
   config.init_from = ""
   for key, value in overrides.items():
     config[key] = value
