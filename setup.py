@@ -25,7 +25,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
-        "safetensors>=0.4",  # Hugging Face checkpoint import
+        "safetensors>=0.4",  # Hugging Face checkpoint import and export
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
@@ -34,5 +34,8 @@ setuptools.setup(
         # Hugging Face checkpoint import (diffusionlm/train/convert.py needs safetensors;
         # its tests compare against transformers' Llama on torch: pytest -m convert).
         "convert": ["torch", "transformers>=5.0"],
+        # The lm-evaluation-harness model `diffusionlm` (diffusionlm/harness.py; its tests:
+        # pytest -m eval).
+        "eval": ["lm_eval>=0.4.13,<0.5"],
     },
 )
