@@ -37,8 +37,13 @@ from collections.abc import Sequence
 
 from absl import logging
 import jax
-from lm_eval.api import model as lm_model
-from lm_eval.api import registry
+
+try:
+  from lm_eval.api import model as lm_model
+  from lm_eval.api import registry
+except ImportError as e:
+  raise ImportError("diffusionlm.harness needs lm-evaluation-harness: pip install -e "
+                    "'.[eval]'") from e
 
 from diffusionlm import generation, likelihood
 from diffusionlm.train import load, sharding
