@@ -137,7 +137,7 @@ def test_scanned_init_has_the_unrolled_shapes_stacked_and_logical_axes():
   assert describe(layer_layout.to_layout(unrolled, layer_layout.SCANNED)) == describe(scanned)
   assert describe(layer_layout.to_layout(scanned, layer_layout.UNROLLED)) == describe(unrolled)
   assert scanned["blocks"]["attn"]["query"].sharding.spec == jax.sharding.PartitionSpec(
-      None, "fsdp", "tensor")
+      None, "fsdp", "tensor", None)  # layers, embed, heads, head_dim.
 
 
 def ml_mesh(**sizes):
