@@ -14,6 +14,11 @@ Losses need only log p(target) per position, never the B x L x V logits. Called 
 them chunk by chunk along the sequence, each chunk's logits recomputed in the backward pass
 instead of stored (StreamBP's LM-head streaming, Luo et al. 2025), so peak memory holds one
 B x chunk x V block instead of B x L x V.
+
+`attention` picks the attention kernel (`attend`: the einsum reference, or
+jax.nn.dot_product_attention, i.e. cuDNN flash attention on GPU); `scan_layers` runs the
+blocks as one nn.scan (`layer_stack`), so compile time does not grow with depth. The two
+parameter layouts convert into each other with models/layer_layout.py.
 """
 import dataclasses
 import math
