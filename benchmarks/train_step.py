@@ -65,15 +65,16 @@ def bench_row(name, shape, objective, dtype, peak, steps, *, attention, scan_lay
   rng = np.random.default_rng(0)
   local = {"tokens": rng.integers(0, setup.model_config.vocab_size, (batch_size, seq_len), dtype=np.int32),
            "valid": np.ones((batch_size, seq_len), bool)}
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   compiled = trainer.compile_train_step(setup, local)
-  compile_s = time.perf_counter() - start
+  compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
   mem = compiled.memory_analysis()
   peak_mem = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
               - mem.alias_size_in_bytes) / 2**20 if mem is not None else float("nan")
   n = flops.param_counts(setup.model_config)["total"]
   row = (f"| {name} | {objective} | {transformer.resolve_attention(attention)} | "
-         f"{scan_layers} | {n / 1e6:.1f}M | {seq_len} | {batch_size} | {compile_s:.1f} | ")
+         f"{scan_layers} | {n / 1e6:.1f}M | {seq_len} | {batch_size} | {compile_s:.1f} / "
+         f"{compile_cpu_s:.1f} | ")
   if compile_only:
     return row + f"- | - | {peak_mem:,.0f} |"
   state = train_state.make_init_fn(setup)(jax.random.key(0))
@@ -103,8 +104,8 @@ def main(argv):
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; dtype {dtype.name}; "
         f"measured matmul peak {peak / 1e12:.2f} TFLOP/s; remat "
         f"{_REMAT.value or preset['remat']}")
-  print("| model | objective | attention | scan | params | seq | batch | compile s | tokens/s "
-        "| MFU | step memory (MiB) |")
+  print("| model | objective | attention | scan | params | seq | batch | compile s (wall / "
+        "CPU) | tokens/s | MFU | step memory (MiB) |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for name, shape in preset["rows"].items():
     for objective in _OBJECTIVES.value:
