@@ -19,7 +19,13 @@ Systems: bfloat16 compute with float32 parameters (bfloat16 parameters would rou
 updates at learning rates near 1e-5), every block rematerialised, the LM-head loss streamed
 over sequence chunks (126464-way logits), and parameters and optimizer state sharded over all
 devices (mesh fsdp = -1): 16 bytes per parameter, 128 GB in all, 16 GB per device on one
-8-GPU node. global_batch_size must be a multiple of the device count.
+8-GPU node. global_batch_size must be a multiple of the device count. The 32 blocks are one
+nn.scan (compile time independent of depth); attention "auto" is cuDNN flash attention on GPU.
+
+Memory (docs/launch.md "LLaDA-8B memory plan", benchmarks/memory_plan.py): this config's SFT
+step needs 30.8 GiB per device on 8 devices at seq_len 1024 (28.4 at 512); at seq_len 4096
+the einsum attention needs 95.0 GiB at this batch (8 x 141 GB only), so lower
+global_batch_size there on 80 GB GPUs.
 """
 from configs import base
 from diffusionlm import config_defaults
@@ -54,6 +60,8 @@ def get_config(arg: str | None = None):
   m.param_dtype = "float32"
   m.remat = "full"
   m.logits_chunk_size = 512
+  m.scan_layers = True
+  m.attention = "auto"
 
   c.optimizer.lr = 1e-5
   c.optimizer.warmup_steps = 50

@@ -20,6 +20,12 @@ optimizer state and the reference sharded over all devices). A rollout's
 num_prompts_per_step * num_generations / num_micro_batches rows must be a multiple of the
 device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
 --config.rl.num_prompts_per_step=32.
+
+Memory (docs/launch.md "LLaDA-8B memory plan"): with prompts up to 768 tokens one update
+needs 30.5 GiB per device on 8 devices including the reference policy (remat "full", layers
+scanned), which fits 8 x 80 GB and 8 x 141 GB GPUs; --config.model.remat=dots (63.5 GiB)
+recomputes less and still fits both. On a TPU v5p-8 host (4 chips) pass
+--config.rl.num_micro_batches=4 (53.2 GiB per chip).
 """
 from configs import base, llada_8b
 
@@ -39,6 +45,7 @@ def d1_config(arg: str | None = None, *, task: str):
   c.rl.num_iterations = D1_NUM_ITERATIONS[task]
   c.rl.num_prompts_per_step = 16
   c.rl.num_micro_batches = 2
+  c.model.remat = "full"  # Fits 8 x 80 GB, 8 x 141 GB and a v5p-8 (see the docstring).
   # d1's one-step mean-field log-probs (d1 eq. 4). The estimators beyond it: "trajectory"
   # (with rl.trajectory_group) or "elbo" (with rl.elbo_samples); docs/rl.md "Which estimator".
   c.rl.estimator = "mean_field"

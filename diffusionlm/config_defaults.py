@@ -15,7 +15,9 @@ from ml_collections import config_dict
 OBJECTIVES = ("mdm", "ar", "sft")  # The training losses (diffusionlm/train/objectives.py).
 # The config.model fields that say how the model computes, not what: the only ones that may
 # change when a run resumes, or when an RL run takes its model from the init_from run.
-MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size")
+# attention and scan_layers are among them because checkpoints convert between the unrolled and
+# the scanned layout on load (diffusionlm/models/layer_layout.py).
+MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size", "attention", "scan_layers")
 CONVERTED_TOKENIZER_DIR = "tokenizer"  # Inside a run directory written by train/convert.py.
 
 
@@ -61,6 +63,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # recomputed in the backward pass, so the batch x seq_len x vocab logits never exist at
   # once (StreamBP); for long sequences and large vocabularies. 0 = all positions at once.
   c.model.logits_chunk_size = 0
+  # Attention kernel: "einsum" (reference: the batch x heads x L x L float32 scores are
+  # materialised), "dot_product" (jax.nn.dot_product_attention: cuDNN flash attention on GPU
+  # where its constraints hold, else XLA's), "auto" = dot_product on GPU, einsum elsewhere.
+  c.model.attention = "auto"
+  # The blocks as one nn.scan (parameters stacked along a leading layers axis): compile time
+  # independent of depth. Checkpoints of either layout load into both.
+  c.model.scan_layers = False
 
   # ---- Diffusion objective (diffusionlm/diffusion/) ------------------------------
   c.diffusion = ml_collections.ConfigDict()

@@ -302,3 +302,21 @@ def test_llama_checkpoint_matches_transformers_causal(tmp_path, tie):
   with torch.no_grad():
     want = model(input_ids=torch.from_numpy(tokens_BxL.astype(np.int64))).logits.numpy()
   np.testing.assert_allclose(logits_BxLxV, want, atol=1e-4, rtol=1e-4)
+
+
+def test_scanned_model_loads_the_checkpoint_and_gives_the_same_logits(llada, tmp_path):
+  """scan_layers=True: the importer stacks the blocks (load_params) and the converted
+  (unrolled) checkpoint loads into the scanned model (load_run converts on load)."""
+  from diffusionlm.models import layer_layout  # pylint: disable=g-import-not-at-top
+  hf_dir = write_llada(str(tmp_path / "hf"), tensors=llada.tensors)
+  abstract = layer_layout.to_layout(llada.run.setup.abstract_state.params, layer_layout.SCANNED)
+  stacked = convert.load_params(hf_dir, convert.read_hf_config(hf_dir), abstract)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(stacked),
+               jax.device_get(layer_layout.to_layout(llada.run.params, layer_layout.SCANNED)))
+  out_dir = str(tmp_path / "run")
+  convert.convert_checkpoint(hf_dir, out_dir, tiny_config(hf_dir))
+  model = llada.run.config.model.to_dict() | {"scan_layers": True}
+  scanned = load.load_run(out_dir, model=model)
+  assert "blocks" in scanned.params
+  np.testing.assert_allclose(np.asarray(jax.jit(scanned.apply_fn)(scanned.params, TOKENS_BxL)),
+                             llada.logits_BxLxV, atol=1e-5, rtol=1e-5)

@@ -166,3 +166,23 @@ def test_config_errors_name_the_field(data_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
     validation.validate_train_config(tiny_config(data_dir, **overrides), num_devices=8,
                                      process_count=1)
+
+
+def test_resume_and_init_from_across_layer_layouts(data_dir, tmp_path):
+  """A run resumed with model.scan_layers flipped continues as the uninterrupted run (the
+  Adam moments convert too), and init_from reads either layout into either model."""
+  from diffusionlm.models import layer_layout  # pylint: disable=g-import-not-at-top
+  config = lambda steps, **kw: tiny_config(data_dir, eval_every_steps=0, num_train_steps=steps,
+                                           **kw)
+  straight, flipped = str(tmp_path / "straight"), str(tmp_path / "flipped")
+  trainer.train_and_evaluate(config(4), straight)
+  trainer.train_and_evaluate(config(2), flipped)
+  trainer.train_and_evaluate(config(4, **{"model.scan_layers": True}), flipped)
+  unrolled = train_state.build(config(4)).abstract_state.params
+  scanned = train_state.build(config(4, **{"model.scan_layers": True})).abstract_state.params
+  want = jax.device_get(checkpoint.restore_params(straight, unrolled))
+  got = jax.device_get(checkpoint.restore_params(flipped, unrolled))  # Stored scanned.
+  numerics.assert_close_at_scale(got, want, rel=1e-4)
+  got_scanned = jax.device_get(checkpoint.restore_params(straight, scanned))  # Stored unrolled.
+  jax.tree.map(np.testing.assert_array_equal, got_scanned,
+               layer_layout.to_layout(want, layer_layout.SCANNED))

@@ -14,6 +14,11 @@ Losses need only log p(target) per position, never the B x L x V logits. Called 
 them chunk by chunk along the sequence, each chunk's logits recomputed in the backward pass
 instead of stored (StreamBP's LM-head streaming, Luo et al. 2025), so peak memory holds one
 B x chunk x V block instead of B x L x V.
+
+`attention` picks the attention kernel (`attend`: the einsum reference, or
+jax.nn.dot_product_attention, i.e. cuDNN flash attention on GPU); `scan_layers` runs the
+blocks as one nn.scan (`layer_stack`), so compile time does not grow with depth. The two
+parameter layouts convert into each other with models/layer_layout.py.
 """
 import dataclasses
 import math
@@ -21,6 +26,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +40,12 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 _NEG_INF = -1e30  # Finite, so a query with no visible key gives a uniform row, not NaN.
+# How attention is computed (`attend`): "einsum" = the reference (B x heads x L x T float32
+# scores materialised); "dot_product" = jax.nn.dot_product_attention (cuDNN flash attention
+# on GPU where its constraints hold, XLA's implementation elsewhere); "auto" = the fastest
+# path that computes the same function on the current backend (`resolve_attention`).
+ATTENTION_KERNELS = ("auto", "einsum", "dot_product")
+LAYERS = "blocks"  # Name of the stacked (scanned) layers in the params tree.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +65,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots", per block.
   logits_chunk_size: int = 0  # Target log-probs over sequence chunks of this size; 0 = off.
+  attention: str = "auto"  # One of ATTENTION_KERNELS.
+  scan_layers: bool = False  # The blocks as one nn.scan (params stacked under LAYERS).
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim")
@@ -85,6 +99,12 @@ class TransformerConfig:
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"TransformerConfig.remat={self.remat!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}.")
+    if self.attention not in ATTENTION_KERNELS:
+      raise ValueError(f"TransformerConfig.attention={self.attention!r} is not one of "
+                       f"{list(ATTENTION_KERNELS)}.")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"TransformerConfig.scan_layers must be a bool, got "
+                       f"{self.scan_layers!r}.")
 
   @property
   def mask_id(self) -> int:
@@ -171,6 +191,77 @@ class RMSNorm(nn.Module):
     return (y * scale_D.astype(jnp.float32)).astype(DTYPES[self.config.dtype])
 
 
+def resolve_attention(kernel: str) -> str:
+  """"auto" -> "dot_product" on GPU (cuDNN flash attention), "einsum" elsewhere (where
+  jax.nn.dot_product_attention has no fused kernel and runs the same XLA computation)."""
+  if kernel != "auto":
+    return kernel
+  return "dot_product" if jax.default_backend() == "gpu" else "einsum"
+
+
+_LOGGED = set()
+
+
+def _log_once(message: str) -> None:
+  if message not in _LOGGED:
+    _LOGGED.add(message)
+    logging.warning(message)
+
+
+def _dot_product_implementation(q_BxLxNxH, T: int, masked: bool) -> str:
+  """"cudnn" where cuDNN's flash attention can compute the call, else "xla" (said once).
+
+  The constraints are those `jax.nn.dot_product_attention(implementation="cudnn")` checks:
+  bfloat16/float16 inputs, a head dimension <= 128 that is a multiple of 8 and, with a mask
+  (turned into an additive bias), even query and key lengths.
+  """
+  if jax.default_backend() != "gpu":
+    return "xla"
+  L, H = q_BxLxNxH.shape[1], q_BxLxNxH.shape[3]
+  reason = None
+  if q_BxLxNxH.dtype not in (jnp.bfloat16, jnp.float16):
+    reason = f"{q_BxLxNxH.dtype} inputs (it needs bfloat16 or float16)"
+  elif H > 128 or H % 8:
+    reason = f"head dimension {H} (it needs <= 128 and a multiple of 8)"
+  elif masked and (L % 2 or T % 2):
+    reason = f"a mask with odd lengths (queries {L}, keys {T})"
+  if reason is None:
+    return "cudnn"
+  _log_once(f"attention=dot_product: cuDNN flash attention cannot take {reason}; these calls "
+            "use XLA's dot_product_attention (same values, scores materialised).")
+  return "xla"
+
+
+def attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, *, causal: bool, kernel: str):
+  """softmax(q k^T / sqrt(H) + mask) v (Vaswani et al. 2017, eq. 1) with grouped-query heads:
+  query head n reads kv head n // (N / K). Softmax in float32, output in q's dtype.
+
+  mask_BxLxT[b, i, j]: query i may see key j. None: every key is visible, or with `causal`
+  (then T = L) key j <= i, which fused kernels compute without a mask. kernel: "einsum" (the
+  reference) or "dot_product" (`jax.nn.dot_product_attention`).
+  """
+  B, L, N, H = q_BxLxNxH.shape
+  T, K = k_BxTxKxH.shape[1], k_BxTxKxH.shape[2]
+  if kernel == "dot_product":
+    implementation = _dot_product_implementation(q_BxLxNxH, T, mask_BxLxT is not None)
+    return jax.nn.dot_product_attention(
+        q_BxLxNxH, k_BxTxKxH, v_BxTxKxH,
+        mask=None if mask_BxLxT is None else mask_BxLxT[:, None],
+        is_causal=causal and mask_BxLxT is None, implementation=implementation)
+  if kernel != "einsum":
+    raise ValueError(f"attend: kernel={kernel!r} is not 'einsum' or 'dot_product'.")
+  if mask_BxLxT is None and causal:
+    mask_BxLxT = jnp.tril(jnp.ones((L, T), bool))[None]
+  q_BxLxKxGxH = q_BxLxNxH.reshape(B, L, K, N // K, H)
+  scores_BxKxGxLxT = jnp.einsum("blkgh,btkh->bkglt", q_BxLxKxGxH, k_BxTxKxH,
+                                preferred_element_type=jnp.float32) / math.sqrt(H)
+  if mask_BxLxT is not None:
+    scores_BxKxGxLxT = jnp.where(mask_BxLxT[:, None, None], scores_BxKxGxLxT, _NEG_INF)
+  probs_BxKxGxLxT = jax.nn.softmax(scores_BxKxGxLxT, axis=-1).astype(q_BxLxNxH.dtype)
+  out_BxLxKxGxH = jnp.einsum("bkglt,btkh->blkgh", probs_BxKxGxLxT, v_BxTxKxH)
+  return out_BxLxKxGxH.reshape(B, L, N, H)
+
+
 class Attention(nn.Module):
   """softmax(q k^T / sqrt(H) + mask) v over the cached prefix and the tokens themselves."""
   config: TransformerConfig
@@ -197,14 +288,9 @@ class Attention(nn.Module):
       k_BxTxKxH = jnp.concatenate([prefix_k.astype(dtype), k_BxLxKxH], axis=1)
       v_BxTxKxH = jnp.concatenate([prefix_v.astype(dtype), v_BxLxKxH], axis=1)
 
-    B, L = x_BxLxD.shape[:2]
-    q_BxLxKxGxH = q_BxLxNxH.reshape(B, L, K, N // K, H)  # Query head n uses kv head n // G.
-    scores_BxKxGxLxT = jnp.einsum("blkgh,btkh->bkglt", q_BxLxKxGxH, k_BxTxKxH,
-                                  preferred_element_type=jnp.float32) / math.sqrt(H)
-    scores_BxKxGxLxT = jnp.where(mask_BxLxT[:, None, None], scores_BxKxGxLxT, _NEG_INF)
-    probs_BxKxGxLxT = jax.nn.softmax(scores_BxKxGxLxT, axis=-1).astype(dtype)
-    out_BxLxKxGxH = jnp.einsum("bkglt,btkh->blkgh", probs_BxKxGxLxT, v_BxTxKxH)
-    out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxKxGxH.reshape(B, L, N, H), w_o.astype(dtype))
+    out_BxLxNxH = attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, causal=c.causal,
+                         kernel=resolve_attention(c.attention))
+    out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, w_o.astype(dtype))
     return out_BxLxD, (k_BxLxKxH, v_BxLxKxH)
 
 
@@ -225,8 +311,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x)); also returns this block's (k, v)."""
+  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x)); also returns this block's (k, v)
+  (None without `return_kv`: a scan would otherwise stack every layer's keys and values)."""
   config: TransformerConfig
+  return_kv: bool = True
+  activation_sharding: Any = None  # See Transformer.
 
   @nn.compact
   def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
@@ -235,7 +324,56 @@ class Block(nn.Module):
         prefix_k, prefix_v)
     x_BxLxD = x_BxLxD + h_BxLxD
     x_BxLxD = x_BxLxD + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x_BxLxD))
-    return x_BxLxD, kv
+    return shard_activations(x_BxLxD, self.activation_sharding), kv if self.return_kv else None
+
+
+def shard_activations(x_BxLxD, sharding):
+  """x constrained to `sharding` (rows over the data-parallel axes) where given.
+
+  Without it XLA may keep the activations split along d_model like the FSDP-sharded
+  weights, so that every device computes the whole batch's logits (measured: 8x the LM
+  head's memory on 8 devices).
+  """
+  return x_BxLxD if sharding is None else jax.lax.with_sharding_constraint(x_BxLxD, sharding)
+
+
+def layer_stack(config: TransformerConfig, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT,
+                prefix_kv, *, return_kv: bool, activation_sharding=None):
+  """The num_layers blocks (called inside Transformer's compact scope) -> (x, kv).
+
+  Unrolled: submodules block_0 ... block_{n-1}. Scanned (`scan_layers`): one nn.scan named
+  LAYERS whose parameters carry a leading `layers` axis, so the program holds one block
+  whatever the depth; its 'params' and 'dropout' rngs are split per layer. Both take and
+  give kv as a tuple over layers of (k_BxLxKxH, v_BxLxKxH).
+  """
+  c = config
+  policy = REMAT_POLICIES[c.remat]
+  if not c.scan_layers:
+    block_cls = Block if c.remat == "none" else nn.remat(Block, policy=policy)
+    kv = []
+    for i in range(c.num_layers):
+      prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]
+      block = block_cls(c, activation_sharding=activation_sharding, name=f"block_{i}")
+      x_BxLxD, kv_i = block(x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v)
+      kv.append(kv_i)
+    return x_BxLxD, tuple(kv)
+  block_cls = Block if c.remat == "none" else nn.remat(Block, policy=policy, prevent_cse=False)
+  scanned = nn.scan(block_cls, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
+                    length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+  prefix_k_NxBxSxKxH = prefix_v_NxBxSxKxH = None
+  if prefix_kv is not None:
+    prefix_k_NxBxSxKxH = jnp.stack([k for k, _ in prefix_kv])
+    prefix_v_NxBxSxKxH = jnp.stack([v for _, v in prefix_kv])
+  blocks = scanned(c, return_kv=return_kv, activation_sharding=activation_sharding,
+                   name=LAYERS)
+  x_BxLxD, kv = blocks(
+      x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k_NxBxSxKxH, prefix_v_NxBxSxKxH)
+  if not return_kv:
+    return x_BxLxD, ()
+  k_NxBxLxKxH, v_NxBxLxKxH = kv
+  return x_BxLxD, tuple((k_NxBxLxKxH[i], v_NxBxLxKxH[i]) for i in range(c.num_layers))
 
 
 def attention_mask(valid_BxL, prefix_valid_BxS, *, causal: bool):
@@ -333,8 +471,14 @@ def streamed_target_logprobs(x_BxTxD, head_DxV, targets_BxT, *, chunk_size: int)
 
 class Transformer(nn.Module):
   """tokens_BxL (ids in [0, V], V = mask) -> float32 logits_BxLxV over the V real ids, or
-  with `targets_BxT` the float32 log-probs logp_BxT of those targets."""
+  with `targets_BxT` the float32 log-probs logp_BxT of those targets.
+
+  activation_sharding: a sharding of the B x L x D activations (train_state.build gives rows
+  over the mesh's data-parallel axes), applied after the embedding and every block; None
+  leaves placement to XLA.
+  """
   config: TransformerConfig
+  activation_sharding: Any = None
 
   def _check_inputs(self, tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
                     targets_BxT):
@@ -389,6 +533,7 @@ class Transformer(nn.Module):
     self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
                        targets_BxT)
     B, L = tokens_BxL.shape
+    given_valid = valid_BxL is not None
     if valid_BxL is None:
       valid_BxL = jnp.ones((B, L), bool)
     if positions_BxL is None:
@@ -401,17 +546,15 @@ class Transformer(nn.Module):
     embedding_V1xD = _param(self, "embedding", (c.vocab_size + 1, c.d_model),
                             ("vocab", "embed"), nn.initializers.normal(stddev=c.d_model**-0.5))
     x_BxLxD = jnp.take(embedding_V1xD, tokens_BxL, axis=0).astype(DTYPES[c.dtype])
+    x_BxLxD = shard_activations(x_BxLxD, self.activation_sharding)
     cos_BxLxH2, sin_BxLxH2 = rope_angles(positions_BxL, c.head_dim, c.rope_theta)
-    mask_BxLxT = attention_mask(valid_BxL.astype(bool), prefix_valid_BxS.astype(bool),
-                                causal=c.causal)
-
-    block_cls = Block if c.remat == "none" else nn.remat(Block, policy=REMAT_POLICIES[c.remat])
-    kv = []
-    for i in range(c.num_layers):
-      prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]
-      x_BxLxD, kv_i = block_cls(c, name=f"block_{i}")(x_BxLxD, cos_BxLxH2, sin_BxLxH2,
-                                                      mask_BxLxT, prefix_k, prefix_v)
-      kv.append(kv_i)
+    # No padding and no cache: no mask (causal or not), which fused kernels take as is.
+    mask_BxLxT = None
+    if given_valid or prefix_kv is not None:
+      mask_BxLxT = attention_mask(valid_BxL.astype(bool), prefix_valid_BxS.astype(bool),
+                                  causal=c.causal)
+    x_BxLxD, kv = layer_stack(c, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_kv,
+                              return_kv=return_kv, activation_sharding=self.activation_sharding)
     x_BxLxD = RMSNorm(c, name="final_norm")(x_BxLxD)
 
     if c.tie_embeddings:
@@ -427,4 +570,4 @@ class Transformer(nn.Module):
       out = streamed_target_logprobs(x_BxLxD[:, L - T:], head_DxV,
                                      jnp.clip(targets_BxT, 0, c.vocab_size - 1),
                                      chunk_size=c.logits_chunk_size)
-    return (out, tuple(kv)) if return_kv else out
+    return (out, kv) if return_kv else out

@@ -9,7 +9,11 @@ Guarantees:
 - If checkpoints exist but none loads, `restore_latest` raises `UnreadableCheckpointsError`
   listing them and moves nothing, so a run never silently starts over on top of its history.
 - The newest `keep` checkpoints are kept.
+- Layers are stored in the layout the run computes in (unrolled `block_i` or scanned
+  `blocks`, config.model.scan_layers) and converted on load when the reader's layout differs
+  (`layer_layout`): a run may resume, or start from init_from, with scan_layers flipped.
 """
+import functools
 import os
 import sys
 
@@ -20,6 +24,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from diffusionlm.models import layer_layout
 
 STATE, DATA, CONFIG = "state", "data", "config"
 CORRUPT_PREFIX = "corrupt-"
@@ -78,21 +84,22 @@ class Checkpointer:
     failures = []
     for step in reversed(self.steps()):
       try:
-        restored = self._manager.restore(
+        restore = lambda target, step=step: self._manager.restore(
             step,
             args=ocp.args.Composite(**{
                 STATE: ocp.args.PyTreeRestore(
-                    abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
                 DATA: grain.checkpoint.CheckpointRestore(data_iterator),
             }),
-        )
+        )[STATE]
+        restored = read_in_layout(restore, self.directory / str(step), abstract_state)
         ok, error = True, None
       except Exception as e:  # pylint: disable=broad-except
         ok, error = False, e
       if _all_processes_ok(ok):
         for failed_step, failed_error in failures:
           self._quarantine(failed_step, failed_error)
-        return step, restored[STATE]
+        return step, restored
       failures.append((step, error))
     quarantined = sorted(p.name for p in self.directory.glob(f"{CORRUPT_PREFIX}*"))
     if failures or quarantined:
@@ -155,6 +162,31 @@ def _ignore_orbax_closed_event_loop_reports() -> None:
   sys.unraisablehook = hook
 
 
+def stored_layout(step_dir) -> str | None:
+  """The layer layout (layer_layout.SCANNED / UNROLLED) of a checkpoint step's parameters,
+  from its tree metadata (nothing is read); None if it holds no layered parameters."""
+  tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(step_dir) / STATE).tree
+  return layer_layout.layout_of(tree.get("params", {}))
+
+
+def read_in_layout(restore, step_dir, target):
+  """restore(target) -> the tree `target` describes, read in the layout stored in step_dir.
+
+  Where the stored layout differs from target's, the stored layout is read (onto the same
+  devices, the `layers` axis unsharded) and converted with one jitted program whose outputs
+  land in target's shardings; for that moment both copies exist.
+  """
+  want = layer_layout.layout_of(target)
+  stored = stored_layout(step_dir)
+  if want is None or stored is None or stored == want:
+    return restore(target)
+  logging.info("Checkpoint %s stores %s layers; converting them to %s.", step_dir, stored, want)
+  restored = restore(layer_layout.to_layout(target, stored))
+  convert = jax.jit(functools.partial(layer_layout.to_layout, layout=want),
+                    out_shardings=jax.tree.map(lambda a: a.sharding, target))
+  return convert(restored)
+
+
 def _all_processes_ok(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
@@ -181,14 +213,14 @@ def restore_params(workdir: str, abstract_params, *, source: str = "config.init_
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   errors = []
   for step in sorted(manager.all_steps(), reverse=True):
-    target = {"params": abstract_params}
+    restore = lambda target, step=step: manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)}))[STATE]
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.PyTreeRestore(
-              target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-              partial_restore=True)}))
+      restored = read_in_layout(restore, directory / str(step), {"params": abstract_params})
       logging.info("Initialised parameters from %s step %d.", directory, step)
-      return restored[STATE]["params"]
+      return restored["params"]
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("init_from: checkpoint step %d of %s failed to load: %s", step, directory,
                       short_error(e))

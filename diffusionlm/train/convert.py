@@ -39,6 +39,7 @@ model is made. `convert_checkpoint` writes a run directory that `config.init_fro
 checkpoint WORKDIR/checkpoints/0 whose "state" item holds {"params": ...}.
 """
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -55,7 +56,7 @@ import orbax.checkpoint as ocp
 
 from diffusionlm import config_defaults
 from diffusionlm.data import tokenizers
-from diffusionlm.models import transformer
+from diffusionlm.models import layer_layout, transformer
 from diffusionlm.train import checkpoint, sharding
 
 LLADA, LLAMA = "llada", "llama"
@@ -353,8 +354,16 @@ def load_params(hf_dir: str, hf: HFConfig, abstract_params):
 
   abstract_params: our params as `jax.ShapeDtypeStruct`s with shardings (e.g.
   `sharding.abstract_params(model, mesh)`); leaves are cast to their dtype. One tensor
-  is on the host at a time; each process keeps only its addressable shards.
+  is on the host at a time; each process keeps only its addressable shards. Scanned
+  params (scan_layers) are read per block and then stacked.
   """
+  layout = layer_layout.layout_of(abstract_params)
+  if layout == layer_layout.SCANNED:
+    unrolled = load_params(hf_dir, hf, layer_layout.to_layout(abstract_params,
+                                                              layer_layout.UNROLLED))
+    stack = jax.jit(functools.partial(layer_layout.to_layout, layout=layout),
+                    out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params))
+    return stack(unrolled)
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   plan, files = check_tensors(hf_dir, hf)
   abstract = flax.traverse_util.flatten_dict(abstract_params)

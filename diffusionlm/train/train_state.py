@@ -62,8 +62,9 @@ def build(config: ml_collections.ConfigDict, devices=None, *, vocab_size: int | 
       causal=config_defaults.is_causal(config))
   config = config.copy_and_resolve_references()
   config.model.update(vocab_size=model_config.vocab_size, causal=model_config.causal)
-  model = transformer.Transformer(model_config)
   mesh = sharding.make_mesh(config.mesh, devices)
+  model = transformer.Transformer(model_config,
+                                  activation_sharding=sharding.batch_sharding(mesh))
   tx, lr_schedule = optimizer.make_optimizer(
       config.optimizer, config.num_train_steps if num_updates is None else num_updates)
 
