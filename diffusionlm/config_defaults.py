@@ -14,8 +14,9 @@ from ml_collections import config_dict
 
 OBJECTIVES = ("mdm", "ar", "sft")  # The training losses (diffusionlm/train/objectives.py).
 # The config.model fields that say how the model computes, not what: the only ones that may
-# change when a run resumes, or when an RL run takes its model from the init_from run.
-MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size")
+# change when a run resumes, or when an RL run takes its model from the init_from run
+# (dropout acts only in the pretraining step, never at evaluation or sampling).
+MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size", "dropout")
 CONVERTED_TOKENIZER_DIR = "tokenizer"  # Inside a run directory written by train/convert.py.
 
 
@@ -61,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # recomputed in the backward pass, so the batch x seq_len x vocab logits never exist at
   # once (StreamBP); for long sequences and large vocabularies. 0 = all positions at once.
   c.model.logits_chunk_size = 0
+  # Dropout on the attention probabilities and on each residual branch (attention, MLP
+  # output) in the training step only; evaluation and the samplers never drop. 0 = off.
+  c.model.dropout = 0.0
 
   # ---- Diffusion objective (diffusionlm/diffusion/) ------------------------------
   c.diffusion = ml_collections.ConfigDict()
@@ -81,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # Tokens per training sequence.
   c.data.unique_tokens = 0  # Data-constrained mode: repeat the first U tokens; 0 = all.
   c.data.noise_rate = 0.0  # Share of training sequences replaced by random tokens.
+  # `ar` only: each training input token becomes the mask token with this probability; the
+  # next-token targets stay clean (input masking, Gao et al. 2025). 0 = off.
+  c.data.input_mask_rate = 0.0
   c.data.num_examples = 0  # Synthetic tasks: training examples to generate; 0 = default.
   c.data.task_seed = 0  # Seed that generates the synthetic tasks (independent of `seed`).
   c.data.worker_count = 0  # grain worker processes; 0 = read in the main process.

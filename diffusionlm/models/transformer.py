@@ -5,6 +5,11 @@ Pre-norm blocks x + Attn(RMSNorm(x)), x + SwiGLU(RMSNorm(x)) without biases (Tou
 grouped-query attention (Ainslie et al. 2023). `causal=True` is the autoregressive baseline,
 `causal=False` the masked-diffusion model; nothing else differs.
 
+`dropout` > 0 drops the attention probabilities and each residual branch's output (attention,
+MLP) before it is added (Srivastava et al. 2014; Vaswani et al. 2017, Sec. 5.4). It acts
+only when the model is called with `deterministic=False` and a 'dropout' rng, which only the
+training step does; evaluation and the samplers use the default `deterministic=True`.
+
 The embedding has `vocab_size + 1` rows: the last one, id `vocab_size` (= `config.mask_id`),
 is the mask token. The output head covers only the `vocab_size` real ids, so the model can
 never predict the mask token. Logits are float32 whatever the compute dtype.
@@ -53,6 +58,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   remat: str = "none"  # "none" | "full" | "dots", per block.
   logits_chunk_size: int = 0  # Target log-probs over sequence chunks of this size; 0 = off.
+  dropout: float = 0.0  # Attention-probability and residual dropout rate; 0 = off.
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim")
@@ -82,6 +88,9 @@ class TransformerConfig:
     if not isinstance(self.logits_chunk_size, numbers.Integral) or self.logits_chunk_size < 0:
       raise ValueError(f"TransformerConfig.logits_chunk_size must be an int >= 0 (0 = off), "
                        f"got {self.logits_chunk_size!r}.")
+    if not (isinstance(self.dropout, numbers.Real) and 0.0 <= self.dropout < 1.0):
+      raise ValueError(f"TransformerConfig.dropout must be a float in [0, 1), got "
+                       f"{self.dropout!r}.")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"TransformerConfig.remat={self.remat!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}.")
@@ -176,7 +185,8 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v,
+               deterministic: bool = True):
     c = self.config
     dtype = DTYPES[c.dtype]
     D, N, K, H = c.d_model, c.num_heads, c.kv_heads, c.head_dim
@@ -203,6 +213,7 @@ class Attention(nn.Module):
                                   preferred_element_type=jnp.float32) / math.sqrt(H)
     scores_BxKxGxLxT = jnp.where(mask_BxLxT[:, None, None], scores_BxKxGxLxT, _NEG_INF)
     probs_BxKxGxLxT = jax.nn.softmax(scores_BxKxGxLxT, axis=-1).astype(dtype)
+    probs_BxKxGxLxT = nn.Dropout(c.dropout)(probs_BxKxGxLxT, deterministic=deterministic)
     out_BxLxKxGxH = jnp.einsum("bkglt,btkh->blkgh", probs_BxKxGxLxT, v_BxTxKxH)
     out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxKxGxH.reshape(B, L, N, H), w_o.astype(dtype))
     return out_BxLxD, (k_BxLxKxH, v_BxLxKxH)
@@ -225,16 +236,20 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x)); also returns this block's (k, v)."""
+  """x + Drop(Attn(RMSNorm(x))), then x + Drop(Mlp(RMSNorm(x))); also returns this block's
+  (k, v). Dropout acts only when `deterministic` is False."""
   config: TransformerConfig
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+    drop = lambda y: nn.Dropout(self.config.dropout)(y, deterministic=self.deterministic)
     h_BxLxD, kv = Attention(self.config, name="attn")(
         RMSNorm(self.config, name="attn_norm")(x_BxLxD), cos_BxLxH2, sin_BxLxH2, mask_BxLxT,
-        prefix_k, prefix_v)
-    x_BxLxD = x_BxLxD + h_BxLxD
-    x_BxLxD = x_BxLxD + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x_BxLxD))
+        prefix_k, prefix_v, deterministic=self.deterministic)
+    x_BxLxD = x_BxLxD + drop(h_BxLxD)
+    x_BxLxD = x_BxLxD + drop(Mlp(self.config, name="mlp")(
+        RMSNorm(self.config, name="mlp_norm")(x_BxLxD)))
     return x_BxLxD, kv
 
 
@@ -372,7 +387,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, *, valid_BxL=None, positions_BxL=None, prefix_kv=None,
-               prefix_valid_BxS=None, return_kv=False, targets_BxT=None):
+               prefix_valid_BxS=None, return_kv=False, targets_BxT=None, deterministic=True):
     """Logits, and with `return_kv` the tuple over layers of this call's (k, v) (k rotated).
 
     targets_BxT: instead of logits return logp_BxT = log p(targets_BxT | tokens) at the last
@@ -384,6 +399,7 @@ class Transformer(nn.Module):
     positions_BxL: RoPE positions, default arange(L).
     prefix_kv / prefix_valid_BxS: cached (k_BxSxKxH, v_BxSxKxH) per layer that every query
       also attends to where valid (keys already rotated by their own positions).
+    deterministic: False applies `config.dropout` (needs a 'dropout' rng in `apply`).
     """
     c = self.config
     self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
@@ -409,8 +425,8 @@ class Transformer(nn.Module):
     kv = []
     for i in range(c.num_layers):
       prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]
-      x_BxLxD, kv_i = block_cls(c, name=f"block_{i}")(x_BxLxD, cos_BxLxH2, sin_BxLxH2,
-                                                      mask_BxLxT, prefix_k, prefix_v)
+      block = block_cls(c, deterministic=deterministic, name=f"block_{i}")
+      x_BxLxD, kv_i = block(x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v)
       kv.append(kv_i)
     x_BxLxD = RMSNorm(c, name="final_norm")(x_BxLxD)
 
