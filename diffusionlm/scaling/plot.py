@@ -199,3 +199,63 @@ def plot_critical_compute(saved: Mapping, out_path: str) -> str:
 def _json_float(v) -> float:
   """A fit.json number: "inf" -> inf, null -> nan."""
   return math.nan if v is None else float(v)
+
+
+def noise_table(rows: Sequence[Mapping]) -> list[dict]:
+  """Per (objective, model, U, epochs) and noise rate r: the loss L(r) and its relative
+  increase L(r) / L(0) - 1 over the same cell's clean run (nan without one)."""
+  for i, row in enumerate(rows):
+    missing = [k for k in ("objective", "model", "U", "epochs", "noise_rate", "loss")
+               if k not in row]
+    if missing:
+      raise ValueError(f"rows[{i}] lacks keys {missing}")
+  out = []
+  for (objective, model, u, epochs), group in _groups(
+      rows, ("objective", "model", "U", "epochs")).items():
+    clean = [r["loss"] for r in group if r["noise_rate"] == 0]
+    for row in sorted(group, key=lambda r: r["noise_rate"]):
+      out.append({"objective": objective, "model": model, "U": u, "epochs": epochs,
+                  "noise_rate": row["noise_rate"], "loss": row["loss"],
+                  "relative_increase": row["loss"] / clean[0] - 1 if clean else math.nan})
+  return out
+
+
+def noise_markdown(table: Sequence[Mapping], *, loss_name: str = "loss") -> str:
+  """`noise_table` as a Markdown table."""
+  lines = [f"| objective | model | U | epochs | noise rate | {loss_name} | vs clean |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+  for r in table:
+    lines.append(f"| {r['objective']} | {r['model']} | {_number(r['U'])} | {r['epochs']:g} | "
+                 f"{r['noise_rate']:g} | {r['loss']:.4f} | {100 * r['relative_increase']:+.2f}% |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_loss_vs_noise(rows: Sequence[Mapping], out_path: str, *,
+                       ylabel: str = "validation loss") -> str:
+  """Left: clean validation loss vs the share of random training sequences, one line per
+  (objective, model, U, epochs). Right: its increase relative to the clean run, in %, with
+  the < 1% at 20% noise that "Do we really have to filter out random noise in pre-training
+  data?" (2025) reports for AR."""
+  table = noise_table(rows)
+  fig = Figure(figsize=(10.4, 4.2))
+  left, right = fig.subplots(1, 2)
+  keys = ("objective", "model", "U", "epochs")
+  styles = _styles(r["objective"] for r in table)
+  for key, group in _groups(table, keys).items():
+    group = sorted(group, key=lambda r: r["noise_rate"])
+    linestyle, marker = styles[key[0]]
+    rate = 100 * np.array([r["noise_rate"] for r in group], dtype=float)
+    label = f"{key[0]}, {key[1]}, U={_number(key[2])}, {key[3]:g} ep."
+    left.plot(rate, [r["loss"] for r in group], linestyle=linestyle, marker=marker, label=label)
+    right.plot(rate, [100 * r["relative_increase"] for r in group], linestyle=linestyle,
+               marker=marker, label=label)
+  right.scatter([20], [1], marker="*", s=120, color="gray", zorder=3,
+                label="paper: AR < 1% at 20%")
+  right.axhline(0, color="gray", linewidth=0.5)
+  left.set(xlabel="random training sequences (%)", ylabel=ylabel,
+           title="Clean validation loss vs noise")
+  right.set(xlabel="random training sequences (%)", ylabel="increase over clean run (%)",
+            title="Relative increase")
+  for ax in (left, right):
+    ax.legend(fontsize=7)
+  return _save(fig, out_path)
