@@ -3,7 +3,7 @@ well as AR does? ("Do we really have to filter out random noise in pre-training 
 with 20% random sequences, AR's clean next-token loss rises by less than 1%.)
 
 2 objectives x 4 noise rates (0, 5, 10, 20% of the training sequences replaced by uniformly
-random tokens, data.noise_rate) on one char-level model (d32l2), one pass over the first
+random tokens, data.noise_rate), and 0 and 20% again with seed 1, on one char-level model (d32l2), one pass over the first
 256k characters of tinyshakespeare (512 steps of 8 x 64), so every noise row is seen once,
 as in single-epoch pretraining. Validation (clean text) bits per character, as in
 configs/scaling_shakespeare.py, whose training settings these runs share. Results:
@@ -28,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.unique_tokens = (262144,)  # 4096 sequences of 64 characters: 512 steps per epoch.
   c.epochs = (1,)
   c.variants = ("noise0", "noise0.05:data.noise_rate=0.05", "noise0.1:data.noise_rate=0.1",
-                "noise0.2:data.noise_rate=0.2")
+                "noise0.2:data.noise_rate=0.2",
+                # A second seed (initialisation, data order, noise rows) at 0 and 20%: how
+                # much of a difference the seed alone makes.
+                "noise0.seed1:seed=1", "noise0.2.seed1:data.noise_rate=0.2;seed=1")
   c.evals_per_run = 4
   return c

@@ -208,7 +208,7 @@ def test_collect_reads_every_finished_run(finished, tmp_path):
   by_name = sorted(rows, key=lambda r: r["name"])  # find_runs lists workdirs by name.
   assert sweep.read_csv(os.path.join(root, "runs.csv")) == by_name
   assert all(r["variant"] == "" and r["noise_rate"] == r["dropout"] == r["input_mask_rate"] == 0
-             for r in rows)
+             and r["seed"] == 0 for r in rows)
   # --merge_csv adds an older table's rows of the same (model, U), not those of other cells
   # nor those the root already holds.
   older = tmp_path / "older.csv"
@@ -288,7 +288,7 @@ def test_noise_table_and_plot(tmp_path):
   out = subprocess.run([sys.executable, "-m", "diffusionlm.scaling", "plot",
                         f"--root={tmp_path}"], check=True, cwd=REPO, capture_output=True,
                        text=True).stdout
-  assert "| mdm | d32l2 | 8192 | 1 | 0.2 | 3.6000 | +20.00% |" in out
+  assert "| mdm | d32l2 | 8192 | 1 | 0 | 0.2 | 3.6000 | +20.00% |" in out
   assert (tmp_path / "plots" / "noise_rate.md").read_text() in out
   with open(tmp_path / "plots" / "noise_rate.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -332,7 +332,7 @@ FLOP_KINDS = ("six_n_with_embedding", "six_n", "exact")
 COLUMNS = ("name", "objective", "variant", "model", "d_model", "num_layers", "N", "N_nonembedding",
            "U", "epochs", "D", "steps", "flops", "flops_six_n_with_embedding", "flops_six_n",
            "flops_exact", "final_bits_per_token", "best_bits_per_token", "final_nats",
-           "best_nats", "num_evals", "noise_rate", "dropout", "input_mask_rate")
+           "best_nats", "num_evals", "seed", "noise_rate", "dropout", "input_mask_rate")
 
 
 def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[str, Any]:
@@ -341,8 +341,8 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
   U is the budget the pipeline really used (whole sequences: (U // seq_len) * seq_len),
   D the tokens trained on, epochs = D / U. Losses are the validation bits per token of
   metrics.jsonl (final = last eval, best = lowest) and the same in nats. `variant` comes
-  from the run's name (`variant_of`); noise_rate, dropout and input_mask_rate from its
-  config (0 where the config predates the field).
+  from the run's name (`variant_of`); seed, noise_rate, dropout and input_mask_rate from
+  its config (0 where the config predates the field).
   """
   if flops_kind not in FLOP_KINDS:
     raise ValueError(f"flops_kind must be one of {FLOP_KINDS}, got {flops_kind!r}")
@@ -377,7 +377,8 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
       **{f"flops_{k}": per_token[k] * d for k in FLOP_KINDS},
       "final_bits_per_token": final, "best_bits_per_token": best,
       "final_nats": final * math.log(2), "best_nats": best * math.log(2),
-      "num_evals": len(evals), "noise_rate": config["data"].get("noise_rate", 0.0),
+      "num_evals": len(evals), "seed": config["seed"],
+      "noise_rate": config["data"].get("noise_rate", 0.0),
       "dropout": model.get("dropout", 0.0),
       "input_mask_rate": config["data"].get("input_mask_rate", 0.0),
   }
@@ -408,7 +409,8 @@ def matching_rows(rows: Sequence[Mapping], table: Sequence[Mapping]) -> list[dic
   name none of them has, completed with this table's columns (variant "", rates 0)."""
   cells = {(r["model"], r["U"]) for r in rows}
   names = {r["name"] for r in rows}
-  defaults = {"variant": "", "noise_rate": 0.0, "dropout": 0.0, "input_mask_rate": 0.0}
+  defaults = {"variant": "", "seed": 0, "noise_rate": 0.0, "dropout": 0.0,
+              "input_mask_rate": 0.0}
   return [{c: {**defaults, **row}.get(c, "") for c in COLUMNS} for row in table
           if (row.get("model"), row["U"]) in cells and row.get("name") not in names]
 
