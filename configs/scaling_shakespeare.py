@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.unique_tokens = (8192, 32768)  # 16 and 64 steps of 8 x 64 characters per epoch.
   c.epochs = (0.5, 1, 4, 16, 64)  # Fractional epochs give the fit more single-epoch runs.
   c.total_tokens = ()  # Instead of epochs: total training tokens D per run.
+  c.variants = ()  # "NAME:field=value;field=value" settings crossed with the objectives.
   c.evals_per_run = 8
   c.checkpoints_per_run = 2
   c.max_warmup_fraction = 0.1  # warmup_steps <= this share of each run's steps.

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.unique_tokens = (256,)  # 16 sequences of 16 tokens = 2 steps per epoch.
   c.epochs = (1, 2)
   c.total_tokens = ()  # Instead of epochs: total training tokens D per run.
+  c.variants = ()  # "NAME:field=value;field=value" settings crossed with the objectives.
   c.evals_per_run = 2
   c.checkpoints_per_run = 2
   c.max_warmup_fraction = 0.1  # warmup_steps <= this share of each run's steps.

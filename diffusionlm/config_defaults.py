@@ -16,8 +16,10 @@ OBJECTIVES = ("mdm", "ar", "sft")  # The training losses (diffusionlm/train/obje
 # The config.model fields that say how the model computes, not what: the only ones that may
 # change when a run resumes, or when an RL run takes its model from the init_from run.
 # attention and scan_layers are among them because checkpoints convert between the unrolled and
-# the scanned layout on load (diffusionlm/models/layer_layout.py).
-MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size", "attention", "scan_layers")
+# the scanned layout on load (diffusionlm/models/layer_layout.py); dropout because it acts only
+# in the training step, never at evaluation or sampling.
+MODEL_RUN_TIME_FIELDS = ("dtype", "remat", "logits_chunk_size", "attention", "scan_layers",
+                         "dropout")
 CONVERTED_TOKENIZER_DIR = "tokenizer"  # Inside a run directory written by train/convert.py.
 
 
@@ -70,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The blocks as one nn.scan (parameters stacked along a leading layers axis): compile time
   # independent of depth. Checkpoints of either layout load into both.
   c.model.scan_layers = False
+  # Dropout on the attention probabilities and on each residual branch (attention, MLP
+  # output) in the training step only; evaluation and the samplers never drop. 0 = off.
+  c.model.dropout = 0.0
 
   # ---- Diffusion objective (diffusionlm/diffusion/) ------------------------------
   c.diffusion = ml_collections.ConfigDict()
@@ -90,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.seq_len = 128  # Tokens per training sequence.
   c.data.unique_tokens = 0  # Data-constrained mode: repeat the first U tokens; 0 = all.
   c.data.noise_rate = 0.0  # Share of training sequences replaced by random tokens.
+  # `ar` only: each training input token becomes the mask token with this probability; the
+  # next-token targets stay clean (input masking, Gao et al. 2025). 0 = off.
+  c.data.input_mask_rate = 0.0
   c.data.num_examples = 0  # Synthetic tasks: training examples to generate; 0 = default.
   c.data.task_seed = 0  # Seed that generates the synthetic tasks (independent of `seed`).
   c.data.worker_count = 0  # grain worker processes; 0 = read in the main process.

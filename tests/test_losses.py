@@ -243,6 +243,44 @@ def test_ar_nll_of_a_continuation_is_the_chain_rule(net_params):
   assert np.all(np.asarray(fn(~head)) > 0) and np.all(np.asarray(fn(head)) > 0)
 
 
+def test_ar_input_masking_masks_inputs_never_targets(net_params):
+  """input_mask_rate: the network sees valid inputs masked at the rate, padding never, and
+  scores the clean next tokens; the loss is -log p(clean target | masked inputs). Rate 0 is
+  plain ar_loss, bitwise."""
+  rng = np.random.default_rng(3)
+  tokens = jnp.asarray(rng.integers(0, V, (8, 256)), jnp.int32)
+  valid = jnp.arange(256)[None, :] < jnp.asarray(rng.integers(128, 257, (8,)))[:, None]
+  seen = {}
+
+  def recording_apply(p, inputs_BxL, **kw):
+    seen["inputs"], seen["targets"] = inputs_BxL, kw["targets_BxT"]
+    return causal_apply(p, inputs_BxL, **kw)
+
+  @jax.jit
+  def masked_loss(key):
+    loss, metrics = losses.ar_loss(net_params, recording_apply, tokens, valid_BxL=valid,
+                                   input_mask_rate=0.3, key=key, mask_id=MODEL.mask_id)
+    return loss, metrics, seen["inputs"], seen["targets"]
+
+  loss, metrics, inputs, targets = masked_loss(jax.random.key(0))
+  masked = np.asarray(inputs == MODEL.mask_id)
+  np.testing.assert_array_equal(targets, jnp.roll(tokens, -1, axis=1))  # Clean targets.
+  np.testing.assert_array_equal(np.where(masked, tokens, inputs), tokens)
+  assert not np.any(masked & ~np.asarray(valid))
+  rate = masked.sum() / valid.sum()
+  assert abs(rate - 0.3) < 4 * math.sqrt(0.21 / valid.sum()) and metrics["input_mask_rate"] == rate
+  # The loss is the clean-target NLL under the masked inputs.
+  logp = jax.nn.log_softmax(causal_apply(net_params, inputs, valid_BxL=valid), axis=-1)
+  nll = -jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+  pairs = valid[:, 1:] & valid[:, :-1]
+  np.testing.assert_allclose(loss, (nll * pairs).sum() / pairs.sum(), rtol=1e-5)
+  plain = jax.jit(lambda: losses.ar_loss(net_params, causal_apply, tokens, valid_BxL=valid))()
+  off = jax.jit(lambda k: losses.ar_loss(net_params, causal_apply, tokens, valid_BxL=valid,
+                                         input_mask_rate=0.0, key=k, mask_id=MODEL.mask_id))(
+                                             jax.random.key(0))
+  assert float(off[0]) == float(plain[0]) and float(loss) > float(plain[0])
+
+
 # ---- SFT: the prompt is never masked or scored; prompt padding changes nothing --------------
 SFT_L = 10
 PROMPT_B = np.array([2, 3, 1, 4])
@@ -315,10 +353,13 @@ def test_losses_and_gradients_are_identical_when_the_batch_is_sharded(net_params
     sft = functools.partial(losses.sft_loss, tokens_BxL=tokens, prompt_len_B=prompt_len,
                             key=key, mask_id=MODEL.mask_id, valid_BxL=valid)
     ar = functools.partial(losses.ar_loss, tokens_BxL=tokens, valid_BxL=valid)
+    ar_masked = functools.partial(losses.ar_loss, tokens_BxL=tokens, valid_BxL=valid,
+                                  input_mask_rate=0.3, key=key, mask_id=MODEL.mask_id)
     nll = lambda p, apply_fn: (losses.mdm_nll(p, apply_fn, tokens, key, mask_id=MODEL.mask_id,
                                               num_mc=2, valid_BxL=valid).mean(), {})
     runs = {"mdm": (mdm, "net", net_apply), "sft": (sft, "cf", context_free_apply),
-            "ar": (ar, "cf", context_free_apply), "mdm_nll": (nll, "cf", context_free_apply)}
+            "ar": (ar, "cf", context_free_apply), "mdm_nll": (nll, "cf", context_free_apply),
+            "ar_masked": (ar_masked, "net", causal_apply)}
     return {name: jax.value_and_grad(functools.partial(fn, apply_fn=apply_fn), has_aux=True)(
         params[which]) for name, (fn, which, apply_fn) in runs.items()}
 

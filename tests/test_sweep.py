@@ -14,6 +14,7 @@ import pytest
 from configs import scaling_tiny
 from diffusionlm.models import flops
 from diffusionlm.scaling import fit as fit_lib
+from diffusionlm.scaling import plot
 from diffusionlm.scaling import sweep
 from diffusionlm.train import metrics
 
@@ -90,6 +91,34 @@ def test_expand_total_tokens_and_errors(tmp_path):
     bad[field] = value
     with pytest.raises(ValueError, match=message):
       sweep.expand(bad, "root")
+
+
+def test_variants_cross_the_objectives_and_set_their_fields(tmp_path):
+  c = _tiny_sweep(tmp_path)
+  c.epochs = (1,)
+  c.variants = ("drop:model.dropout=0.1", "mask:data.input_mask_rate=0.2;model.dropout=0.05",
+                "plain")
+  runs = sweep.expand(c, "root")
+  assert [r.name for r in runs] == [f"{o}-{v}-d16l1-U256-E1" for o in ("mdm", "ar")
+                                    for v in ("drop", "mask", "plain")]
+  settings = {"drop": (0.1, 0.0), "mask": (0.05, 0.2), "plain": (0.0, 0.0)}
+  for run in runs:
+    variant = sweep.variant_of(run.name)
+    assert (run.config.model.dropout, run.config.data.input_mask_rate) == settings[variant]
+    assert sweep.series({"objective": run.config.objective, "variant": variant}) == (
+        f"{run.config.objective}+{variant}")
+  assert sweep.variant_of("ar-d16l1-U256-E1") == "" and sweep.series({"objective": "ar"}) == "ar"
+  c.variants = ("drop:model.dropout=0.1,mask:data.noise_rate=0.2",)  # As a flag arrives.
+  assert [r.config.data.noise_rate for r in sweep.expand(c, "root")] == [0.0, 0.2] * 2
+  for variants, message in (
+      (("d32l2:model.dropout=0.1",), "not a model name"),
+      (("a-b",), "needs a name of letters"),
+      (("x:model.drop=0.1",), r"'model.drop=0.1' of 'x' is not FIELD=VALUE"),
+      (("x:model.dropout",), "is not FIELD=VALUE"),
+      (("x", "x:model.dropout=0.1"), "names repeat")):
+    c.variants = variants
+    with pytest.raises(ValueError, match=message):
+      sweep.expand(c, "root")
 
 
 def test_launch_command_reproduces_the_run_config(tmp_path, monkeypatch):
@@ -178,6 +207,21 @@ def test_collect_reads_every_finished_run(finished, tmp_path):
                  check=True, cwd=REPO, capture_output=True)
   by_name = sorted(rows, key=lambda r: r["name"])  # find_runs lists workdirs by name.
   assert sweep.read_csv(os.path.join(root, "runs.csv")) == by_name
+  assert all(r["variant"] == "" and r["noise_rate"] == r["dropout"] == r["input_mask_rate"] == 0
+             and r["seed"] == 0 for r in rows)
+  # --merge_csv adds an older table's rows of the same (model, U), not those of other cells
+  # nor those the root already holds.
+  older = tmp_path / "older.csv"
+  older.write_text("name,objective,model,N,U,epochs,D,flops,best_bits_per_token\n"
+                   f"mdm-d16l1-U256-E9,mdm,d16l1,{rows[0]['N']},256,9,2304,1e9,3.5\n"
+                   f"{rows[0]['name']},mdm,d16l1,1,256,1,256,1e9,9.9\n"
+                   "ar-d16l1-U512-E1,ar,d16l1,1,512,1,512,1e9,3.0\n")
+  subprocess.run([sys.executable, "-m", "diffusionlm.scaling", "collect", f"--root={root}",
+                  f"--merge_csv={older}", f"--csv={tmp_path / 'merged.csv'}"],
+                 check=True, cwd=REPO, capture_output=True)
+  merged = sweep.read_csv(str(tmp_path / "merged.csv"))
+  assert merged[:len(rows)] == by_name and len(merged) == len(rows) + 1
+  assert merged[-1]["name"] == "mdm-d16l1-U256-E9" and merged[-1]["best_bits_per_token"] == 3.5
 
 
 # Two laws with the paper's repetition half-lives (AR ~15, diffusion ~500 epochs).
@@ -226,6 +270,28 @@ def test_cli_fit_and_plot_on_a_synthetic_table(tmp_path):
   for name in ("loss_vs_epochs", "loss_vs_flops", "fit", "critical_compute"):
     with open(tmp_path / "plots" / f"{name}.png", "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_noise_table_and_plot(tmp_path):
+  """Relative increase over the clean run of the same cell, per objective; the CLI's plot
+  writes the table and figure when the runs differ in noise rate."""
+  rows = [{**dict.fromkeys(sweep.COLUMNS, 0), "name": f"{o}-noise{r}-d32l2-U8k-E1",
+           "objective": o, "variant": f"noise{r}", "model": "d32l2", "N": 1, "U": 8192,
+           "D": 8192, "epochs": 1, "noise_rate": r, "best_bits_per_token": loss}
+          for o, losses in (("ar", (2.0, 2.02, 2.2)), ("mdm", (3.0, 3.0, 3.6)))
+          for r, loss in zip((0.0, 0.1, 0.2), losses)]
+  table = plot.noise_table([{**r, "loss": r["best_bits_per_token"]} for r in rows])
+  increase = {(t["objective"], t["noise_rate"]): t["relative_increase"] for t in table}
+  assert increase == pytest.approx({("ar", 0.0): 0.0, ("ar", 0.1): 0.01, ("ar", 0.2): 0.1,
+                                    ("mdm", 0.0): 0.0, ("mdm", 0.1): 0.0, ("mdm", 0.2): 0.2})
+  sweep.write_csv(rows, str(tmp_path / "runs.csv"))
+  out = subprocess.run([sys.executable, "-m", "diffusionlm.scaling", "plot",
+                        f"--root={tmp_path}"], check=True, cwd=REPO, capture_output=True,
+                       text=True).stdout
+  assert "| mdm | d32l2 | 8192 | 1 | 0 | 0.2 | 3.6000 | +20.00% |" in out
+  assert (tmp_path / "plots" / "noise_rate.md").read_text() in out
+  with open(tmp_path / "plots" / "noise_rate.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_usage_errors(tmp_path):

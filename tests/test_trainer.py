@@ -10,7 +10,8 @@ import pytest
 import numerics
 from configs import base
 from diffusionlm.data import pipeline
-from diffusionlm.train import checkpoint, sharding, train_state, trainer, validation
+from diffusionlm.train import (checkpoint, objectives, sharding, train_state, trainer,
+                               validation)
 
 
 @pytest.fixture
@@ -39,27 +40,85 @@ def tiny_config(data_dir, **overrides):
   return c
 
 
-def _one_step(config, devices):
+def _setup_state_batch(config, devices):
   setup = train_state.build(config, devices)
   state = train_state.make_init_fn(setup)(jax.random.key(config.seed))
   batch = next(iter(pipeline.make_train_loader(
       config.data, setup.tokenizer, objective=config.objective,
       global_batch_size=config.global_batch_size, seed=config.seed, process_index=0, process_count=1)))
   batch.pop("epoch")
+  return setup, state, batch
+
+
+def _one_step(config, devices):
+  setup, state, batch = _setup_state_batch(config, devices)
   step = trainer.compile_train_step(setup, batch)
   state, metrics = step(state, sharding.global_batch(batch, setup.mesh))
   return float(metrics["loss"]), jax.device_get(state.params)
 
 
-@pytest.mark.parametrize("objective", ["mdm", "ar", "sft"])
-def test_sharded_step_matches_single_device(data_dir, objective):
-  """One step on a (data=2, fsdp=2, tensor=2) mesh == the same step on one device."""
-  one = tiny_config(data_dir, objective=objective, **{"mesh.data": 1})
+REGULARISED = {"model.dropout": 0.1, "data.input_mask_rate": 0.2}
+
+
+@pytest.mark.parametrize("objective, overrides", [
+    ("mdm", {}), ("ar", {}), ("sft", {}), ("mdm", {"model.dropout": 0.1}), ("ar", REGULARISED)])
+def test_sharded_step_matches_single_device(data_dir, objective, overrides):
+  """One step on a (data=2, fsdp=2, tensor=2) mesh == the same step on one device, dropout
+  and input masking included (their random draws do not depend on the sharding)."""
+  one = tiny_config(data_dir, objective=objective, **{"mesh.data": 1}, **overrides)
   loss_1, params_1 = _one_step(one, jax.devices()[:1])
-  many = tiny_config(data_dir, objective=objective, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  many = tiny_config(data_dir, objective=objective, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
+                     **overrides)
   loss_8, params_8 = _one_step(many, jax.devices())
   numerics.assert_close_at_scale(loss_8, loss_1, rel=1e-5)
   numerics.assert_close_at_scale(params_8, params_1, rel=1e-4)
+
+
+def test_dropout_zero_is_the_deterministic_step_and_dropout_is_on_in_training(data_dir):
+  """model.dropout 0: the step is, bitwise, the step of the deterministic network (the
+  computation before dropout existed); dropout > 0 changes the step but not evaluation."""
+  def reference_step(setup):  # The training step without dropout, written out.
+    loss_fn = objectives.make_loss_fn(setup.config, mask_id=setup.model_config.mask_id)
+
+    def step(state, batch):
+      key = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
+      (loss, _), grads = jax.value_and_grad(
+          lambda p: loss_fn(p, setup.apply_fn, batch, key), has_aux=True)(state.params)
+      return train_state.apply_gradients(setup.tx, state, loss, grads)[0], loss
+    return step
+
+  config = tiny_config(data_dir, objective="ar", **{"mesh.data": 1})
+  setup, state, batch = _setup_state_batch(config, jax.devices()[:1])
+  ref_state, ref_loss = jax.jit(reference_step(setup))(state, batch)
+  new_state, metrics = jax.jit(trainer.make_train_step(setup))(state, batch)
+  assert float(metrics["loss"]) == float(ref_loss)
+  jax.tree.map(np.testing.assert_array_equal, new_state.params, ref_state.params)
+
+  dropped = train_state.build(tiny_config(data_dir, objective="ar", **{"mesh.data": 1,
+                                                                       "model.dropout": 0.3}),
+                              jax.devices()[:1])
+  _, drop_metrics = jax.jit(trainer.make_train_step(dropped))(state, batch)
+  assert float(drop_metrics["loss"]) != float(ref_loss)
+  key = jax.random.key(0)
+  eval_plain = trainer.make_eval_step(setup)(state.params, batch, key)
+  eval_dropped = trainer.make_eval_step(dropped)(state.params, batch, key)
+  assert [float(x) for x in eval_plain] == [float(x) for x in eval_dropped]
+
+
+def test_resume_with_dropout_and_input_masking_equals_uninterrupted(data_dir, tmp_path):
+  """Dropout masks and input masks come from the step key: a run resumed from its step-2
+  checkpoint ends with the parameters of the uninterrupted run, bitwise."""
+  config = tiny_config(data_dir, objective="ar", eval_every_steps=0, **REGULARISED)
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  setup = train_state.build(config)
+  uninterrupted = checkpoint.restore_params(workdir, setup.abstract_state.params)
+  shutil.rmtree(os.path.join(checkpoint.checkpoint_dir(workdir), "4"))
+  os.remove(os.path.join(workdir, "summary.json"))
+  trainer.train_and_evaluate(config, workdir)
+  resumed = checkpoint.restore_params(workdir, setup.abstract_state.params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed),
+               jax.device_get(uninterrupted))
 
 
 def test_data_fsdp_mesh_matches_single_device(data_dir):
@@ -160,6 +219,8 @@ def test_resume_with_different_model_is_an_error(data_dir, tmp_path):
     ({"diffusion.schedule": "exp"}, r"config.diffusion.schedule='exp'"),
     ({"num_train_steps": 0}, r"config.num_train_steps=0 must be positive"),
     ({"data.seq_len": 1}, r"config.data.seq_len=1"),
+    ({"model.dropout": 1.0}, r"config.model.dropout=1.0 must be in \[0, 1\)"),
+    ({"data.input_mask_rate": 0.1}, r"input_mask_rate=0.1 applies to the 'ar' objective only"),
     ({"init_from": "/nonexistent/run"}, r"config.init_from='/nonexistent/run' is not a directory"),
 ])
 def test_config_errors_name_the_field(data_dir, overrides, message):

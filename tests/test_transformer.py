@@ -156,6 +156,36 @@ def test_remat_keeps_outputs_and_gradients(params, tokens):
                  results["none"])
 
 
+def test_dropout_acts_only_when_not_deterministic(params, tokens):
+  """Rate 0 or deterministic (the default: evaluation, samplers) = the plain network, bitwise;
+  in training mode the masks follow the 'dropout' rng and survive remat's recomputation."""
+  one_layer = dataclasses.replace(CAUSAL, num_layers=1)
+  one_layer_params = {k: v for k, v in params.items() if k != "block_1"}
+
+  def logits(p, rate, key=None, remat="none"):
+    model = transformer.Transformer(dataclasses.replace(one_layer, dropout=rate, remat=remat))
+    if key is None:
+      return model.apply({"params": p}, tokens)
+    return model.apply({"params": p}, tokens, deterministic=False, rngs={"dropout": key})
+
+  def value_and_grad(p, key, remat):
+    return jax.value_and_grad(lambda p: jnp.mean(jnp.tanh(logits(p, 0.5, key, remat))))(p)
+
+  k0, k1 = jax.random.key(0), jax.random.key(1)
+  out = jax.jit(lambda p: dict(
+      plain=logits(p, 0.0), rate0_train=logits(p, 0.0, k0), eval=logits(p, 0.5),
+      train0=logits(p, 0.5, k0), train0_again=logits(p, 0.5, k0), train1=logits(p, 0.5, k1),
+      grad_none=value_and_grad(p, k0, "none"), grad_full=value_and_grad(p, k0, "full")))(
+          one_layer_params)
+  for name in ("rate0_train", "eval"):
+    np.testing.assert_array_equal(out[name], out["plain"], err_msg=name)
+  np.testing.assert_array_equal(out["train0"], out["train0_again"])
+  assert np.abs(out["train0"] - out["plain"]).max() > 1e-3
+  assert np.abs(out["train1"] - out["train0"]).max() > 1e-3
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), out["grad_full"],
+               out["grad_none"])
+
+
 def test_bfloat16_compute_gives_float32_logits_close_to_float32(params, tokens):
   bf16 = dataclasses.replace(BIDIRECTIONAL, dtype="bfloat16")
   logits = forward(bf16)(params, tokens, **_full_valid(tokens))[0]
@@ -209,6 +239,7 @@ def test_config_from_base_config():
     (dict(dtype="float8"), "dtype='float8' is not one of"),
     (dict(param_dtype="int8"), "param_dtype='int8' is not one of"),
     (dict(remat="some"), "remat='some' is not one of"),
+    (dict(dropout=1.0), r"dropout must be a float in \[0, 1\), got 1.0"),
     (dict(num_layers=0), "num_layers must be a positive int"),
     (dict(num_head=4), r"unknown fields \['num_head'\]"),
 ])

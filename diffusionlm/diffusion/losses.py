@@ -198,21 +198,42 @@ def sft_loss(params, apply_fn, tokens_BxL, prompt_len_B, key, *, mask_id, valid_
   return loss, metrics
 
 
-def _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL):
-  """(-log p(x_{i+1} | x_{<=i}) for i < L-1, mask of pairs whose input and target are valid)."""
+def _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL, inputs_BxL=None):
+  """(-log p(x_{i+1} | inputs_{<=i}) for i < L-1, mask of pairs whose input and target are
+  valid); the inputs are the clean tokens unless `inputs_BxL` is given."""
   valid_BxL = _check_tokens(tokens_BxL, valid_BxL)
+  inputs_BxL = tokens_BxL if inputs_BxL is None else inputs_BxL
   # Position i scores x_{i+1}; the last position's target (wrapped around) is dropped.
-  logp_BxL = target_logprobs(params, apply_fn, tokens_BxL, jnp.roll(tokens_BxL, -1, axis=1),
+  logp_BxL = target_logprobs(params, apply_fn, inputs_BxL, jnp.roll(tokens_BxL, -1, axis=1),
                              valid_BxL=valid_BxL)
   pair_valid_BxL1 = valid_BxL[:, :-1] & valid_BxL[:, 1:]
   return jnp.where(pair_valid_BxL1, -logp_BxL[:, :-1], 0.0), pair_valid_BxL1
 
 
-def ar_loss(params, apply_fn, tokens_BxL, *, valid_BxL=None):
-  """Next-token cross-entropy with the causal network, mean over valid (input, target) pairs."""
-  nll_BxL1, pair_valid_BxL1 = _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL)
+def ar_loss(params, apply_fn, tokens_BxL, *, valid_BxL=None, input_mask_rate=0.0, key=None,
+            mask_id=None):
+  """Next-token cross-entropy with the causal network, mean over valid (input, target) pairs.
+
+  input_mask_rate > 0 (needs `key` and `mask_id`): input masking (Gao et al. 2025), each
+  valid input token replaced by mask_id with this probability, independently; the targets
+  are the clean next tokens, so the loss is -log p(x_{i+1} | masked x_{<=i}).
+  """
+  if not 0.0 <= input_mask_rate < 1.0:
+    raise ValueError(f"input_mask_rate={input_mask_rate} must lie in [0, 1).")
+  metrics = {}
+  inputs_BxL = None
+  if input_mask_rate > 0:
+    if key is None or mask_id is None:
+      raise ValueError("ar_loss: input_mask_rate > 0 needs `key` and `mask_id`.")
+    valid = _check_tokens(tokens_BxL, valid_BxL)
+    p_mask_B = jnp.full(tokens_BxL.shape[:1], input_mask_rate, jnp.float32)
+    inputs_BxL, masked_BxL = forward_mask(key, tokens_BxL, p_mask_B, mask_id=mask_id,
+                                          maskable_BxL=valid)
+    metrics["input_mask_rate"] = masked_BxL.sum() / jnp.maximum(valid.sum(), 1)
+  nll_BxL1, pair_valid_BxL1 = _next_token_nll(params, apply_fn, tokens_BxL, valid_BxL,
+                                              inputs_BxL)
   loss = nll_BxL1.sum() / jnp.maximum(pair_valid_BxL1.sum(), 1)
-  return loss, {"loss": loss, "bits_per_token": loss / math.log(2)}
+  return loss, {"loss": loss, "bits_per_token": loss / math.log(2), **metrics}
 
 
 def _check_scored(tokens_BxL, valid_BxL, scored_BxL) -> jax.Array:

@@ -5,6 +5,11 @@ Pre-norm blocks x + Attn(RMSNorm(x)), x + SwiGLU(RMSNorm(x)) without biases (Tou
 grouped-query attention (Ainslie et al. 2023). `causal=True` is the autoregressive baseline,
 `causal=False` the masked-diffusion model; nothing else differs.
 
+`dropout` > 0 drops the attention probabilities and each residual branch's output (attention,
+MLP) before it is added (Srivastava et al. 2014; Vaswani et al. 2017, Sec. 5.4). It acts
+only when the model is called with `deterministic=False` and a 'dropout' rng, which only the
+training step does; evaluation and the samplers use the default `deterministic=True`.
+
 The embedding has `vocab_size + 1` rows: the last one, id `vocab_size` (= `config.mask_id`),
 is the mask token. The output head covers only the `vocab_size` real ids, so the model can
 never predict the mask token. Logits are float32 whatever the compute dtype.
@@ -67,6 +72,7 @@ class TransformerConfig:
   logits_chunk_size: int = 0  # Target log-probs over sequence chunks of this size; 0 = off.
   attention: str = "auto"  # One of ATTENTION_KERNELS.
   scan_layers: bool = False  # The blocks as one nn.scan (params stacked under LAYERS).
+  dropout: float = 0.0  # Attention-probability and residual dropout rate; 0 = off.
 
   def __post_init__(self):
     positive = ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim")
@@ -96,6 +102,9 @@ class TransformerConfig:
     if not isinstance(self.logits_chunk_size, numbers.Integral) or self.logits_chunk_size < 0:
       raise ValueError(f"TransformerConfig.logits_chunk_size must be an int >= 0 (0 = off), "
                        f"got {self.logits_chunk_size!r}.")
+    if not (isinstance(self.dropout, numbers.Real) and 0.0 <= self.dropout < 1.0):
+      raise ValueError(f"TransformerConfig.dropout must be a float in [0, 1), got "
+                       f"{self.dropout!r}.")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"TransformerConfig.remat={self.remat!r} is not one of "
                        f"{sorted(REMAT_POLICIES)}.")
@@ -232,23 +241,30 @@ def _dot_product_implementation(q_BxLxNxH, T: int, masked: bool) -> str:
   return "xla"
 
 
-def attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, *, causal: bool, kernel: str):
+def attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, *, causal: bool, kernel: str,
+           drop_probs=None):
   """softmax(q k^T / sqrt(H) + mask) v (Vaswani et al. 2017, eq. 1) with grouped-query heads:
   query head n reads kv head n // (N / K). Softmax in float32, output in q's dtype.
 
   mask_BxLxT[b, i, j]: query i may see key j. None: every key is visible, or with `causal`
   (then T = L) key j <= i, which fused kernels compute without a mask. kernel: "einsum" (the
-  reference) or "dot_product" (`jax.nn.dot_product_attention`).
+  reference) or "dot_product" (`jax.nn.dot_product_attention`). drop_probs: dropout of the
+  attention probabilities (training with config.dropout), which only the einsum kernel
+  computes: a dot_product kernel falls back to it while dropout is on.
   """
   B, L, N, H = q_BxLxNxH.shape
   T, K = k_BxTxKxH.shape[1], k_BxTxKxH.shape[2]
-  if kernel == "dot_product":
+  if kernel == "dot_product" and drop_probs is not None:
+    _log_once("attention=dot_product with model.dropout > 0: the training step's attention "
+              "uses the einsum kernel (fused kernels do not drop attention probabilities); "
+              "evaluation and sampling keep dot_product.")
+  elif kernel == "dot_product":
     implementation = _dot_product_implementation(q_BxLxNxH, T, mask_BxLxT is not None)
     return jax.nn.dot_product_attention(
         q_BxLxNxH, k_BxTxKxH, v_BxTxKxH,
         mask=None if mask_BxLxT is None else mask_BxLxT[:, None],
         is_causal=causal and mask_BxLxT is None, implementation=implementation)
-  if kernel != "einsum":
+  if kernel not in ("einsum", "dot_product"):
     raise ValueError(f"attend: kernel={kernel!r} is not 'einsum' or 'dot_product'.")
   if mask_BxLxT is None and causal:
     mask_BxLxT = jnp.tril(jnp.ones((L, T), bool))[None]
@@ -258,6 +274,8 @@ def attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, *, causal: bool, kernel:
   if mask_BxLxT is not None:
     scores_BxKxGxLxT = jnp.where(mask_BxLxT[:, None, None], scores_BxKxGxLxT, _NEG_INF)
   probs_BxKxGxLxT = jax.nn.softmax(scores_BxKxGxLxT, axis=-1).astype(q_BxLxNxH.dtype)
+  if drop_probs is not None:
+    probs_BxKxGxLxT = drop_probs(probs_BxKxGxLxT)
   out_BxLxKxGxH = jnp.einsum("bkglt,btkh->blkgh", probs_BxKxGxLxT, v_BxTxKxH)
   return out_BxLxKxGxH.reshape(B, L, N, H)
 
@@ -267,7 +285,8 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+  def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v,
+               deterministic: bool = True):
     c = self.config
     dtype = DTYPES[c.dtype]
     D, N, K, H = c.d_model, c.num_heads, c.kv_heads, c.head_dim
@@ -288,8 +307,11 @@ class Attention(nn.Module):
       k_BxTxKxH = jnp.concatenate([prefix_k.astype(dtype), k_BxLxKxH], axis=1)
       v_BxTxKxH = jnp.concatenate([prefix_v.astype(dtype), v_BxLxKxH], axis=1)
 
+    drop_probs = None
+    if c.dropout > 0 and not deterministic:
+      drop_probs = lambda probs: nn.Dropout(c.dropout)(probs, deterministic=False)
     out_BxLxNxH = attend(q_BxLxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxLxT, causal=c.causal,
-                         kernel=resolve_attention(c.attention))
+                         kernel=resolve_attention(c.attention), drop_probs=drop_probs)
     out_BxLxD = jnp.einsum("blnh,nhd->bld", out_BxLxNxH, w_o.astype(dtype))
     return out_BxLxD, (k_BxLxKxH, v_BxLxKxH)
 
@@ -311,19 +333,23 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(RMSNorm(x)), then x + Mlp(RMSNorm(x)); also returns this block's (k, v)
-  (None without `return_kv`: a scan would otherwise stack every layer's keys and values)."""
+  """x + Drop(Attn(RMSNorm(x))), then x + Drop(Mlp(RMSNorm(x))); also returns this block's
+  (k, v) (None without `return_kv`: a scan would otherwise stack every layer's keys and
+  values). Dropout acts only when `deterministic` is False."""
   config: TransformerConfig
   return_kv: bool = True
   activation_sharding: Any = None  # See Transformer.
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v):
+    drop = lambda y: nn.Dropout(self.config.dropout)(y, deterministic=self.deterministic)
     h_BxLxD, kv = Attention(self.config, name="attn")(
         RMSNorm(self.config, name="attn_norm")(x_BxLxD), cos_BxLxH2, sin_BxLxH2, mask_BxLxT,
-        prefix_k, prefix_v)
-    x_BxLxD = x_BxLxD + h_BxLxD
-    x_BxLxD = x_BxLxD + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x_BxLxD))
+        prefix_k, prefix_v, deterministic=self.deterministic)
+    x_BxLxD = x_BxLxD + drop(h_BxLxD)
+    x_BxLxD = x_BxLxD + drop(Mlp(self.config, name="mlp")(
+        RMSNorm(self.config, name="mlp_norm")(x_BxLxD)))
     return shard_activations(x_BxLxD, self.activation_sharding), kv if self.return_kv else None
 
 
@@ -338,7 +364,8 @@ def shard_activations(x_BxLxD, sharding):
 
 
 def layer_stack(config: TransformerConfig, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT,
-                prefix_kv, *, return_kv: bool, activation_sharding=None):
+                prefix_kv, *, return_kv: bool, activation_sharding=None,
+                deterministic: bool = True):
   """The num_layers blocks (called inside Transformer's compact scope) -> (x, kv).
 
   Unrolled: submodules block_0 ... block_{n-1}. Scanned (`scan_layers`): one nn.scan named
@@ -353,7 +380,8 @@ def layer_stack(config: TransformerConfig, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask
     kv = []
     for i in range(c.num_layers):
       prefix_k, prefix_v = (None, None) if prefix_kv is None else prefix_kv[i]
-      block = block_cls(c, activation_sharding=activation_sharding, name=f"block_{i}")
+      block = block_cls(c, activation_sharding=activation_sharding,
+                        deterministic=deterministic, name=f"block_{i}")
       x_BxLxD, kv_i = block(x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k, prefix_v)
       kv.append(kv_i)
     return x_BxLxD, tuple(kv)
@@ -367,7 +395,7 @@ def layer_stack(config: TransformerConfig, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask
     prefix_k_NxBxSxKxH = jnp.stack([k for k, _ in prefix_kv])
     prefix_v_NxBxSxKxH = jnp.stack([v for _, v in prefix_kv])
   blocks = scanned(c, return_kv=return_kv, activation_sharding=activation_sharding,
-                   name=LAYERS)
+                   deterministic=deterministic, name=LAYERS)
   x_BxLxD, kv = blocks(
       x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_k_NxBxSxKxH, prefix_v_NxBxSxKxH)
   if not return_kv:
@@ -516,7 +544,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxL, *, valid_BxL=None, positions_BxL=None, prefix_kv=None,
-               prefix_valid_BxS=None, return_kv=False, targets_BxT=None):
+               prefix_valid_BxS=None, return_kv=False, targets_BxT=None, deterministic=True):
     """Logits, and with `return_kv` the tuple over layers of this call's (k, v) (k rotated).
 
     targets_BxT: instead of logits return logp_BxT = log p(targets_BxT | tokens) at the last
@@ -528,6 +556,7 @@ class Transformer(nn.Module):
     positions_BxL: RoPE positions, default arange(L).
     prefix_kv / prefix_valid_BxS: cached (k_BxSxKxH, v_BxSxKxH) per layer that every query
       also attends to where valid (keys already rotated by their own positions).
+    deterministic: False applies `config.dropout` (needs a 'dropout' rng in `apply`).
     """
     c = self.config
     self._check_inputs(tokens_BxL, valid_BxL, positions_BxL, prefix_kv, prefix_valid_BxS,
@@ -554,7 +583,8 @@ class Transformer(nn.Module):
       mask_BxLxT = attention_mask(valid_BxL.astype(bool), prefix_valid_BxS.astype(bool),
                                   causal=c.causal)
     x_BxLxD, kv = layer_stack(c, x_BxLxD, cos_BxLxH2, sin_BxLxH2, mask_BxLxT, prefix_kv,
-                              return_kv=return_kv, activation_sharding=self.activation_sharding)
+                              return_kv=return_kv, activation_sharding=self.activation_sharding,
+                              deterministic=deterministic)
     x_BxLxD = RMSNorm(c, name="final_norm")(x_BxLxD)
 
     if c.tie_embeddings:

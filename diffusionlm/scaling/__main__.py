@@ -40,6 +40,10 @@ _LAUNCHER = flags.DEFINE_string(
     "launcher", "", "sweep --print_commands: script taking CONFIG WORKDIR [overrides], e.g. "
     "'launch/local_multiprocess.sh 2'; default: python -m diffusionlm.train.")
 _CSV = flags.DEFINE_string("csv", None, "The runs table; default ROOT/runs.csv.")
+_MERGE_CSV = flags.DEFINE_string(
+    "merge_csv", None, "collect: also take the rows of this table (e.g. "
+    "docs/scaling_shakespeare_runs.csv) whose model and U match a collected run and whose "
+    "name none has: baselines trained before, with the same setup.")
 _FLOPS = flags.DEFINE_enum("flops", "six_n_with_embedding", sweep_lib.FLOP_KINDS,
                            "collect: the count in the `flops` column (all three are kept).")
 _LOSS = flags.DEFINE_enum("loss", "best_bits_per_token", LOSS_COLUMNS,
@@ -95,15 +99,21 @@ def do_collect() -> None:
     print(f"not finished, left out: {workdir}")
   if not rows:
     raise app.UsageError(f"no finished runs under {_ROOT.value}")
+  if _MERGE_CSV.value:
+    merged = sweep_lib.matching_rows(rows, sweep_lib.read_csv(_MERGE_CSV.value))
+    print(f"{len(merged)} rows of {_MERGE_CSV.value} added")
+    rows += merged
   path = sweep_lib.write_csv(rows, _path(_CSV, "runs.csv"))
   print(f"{len(rows)} runs -> {path}")
 
 
 def _fit_rows(path: str):
+  """The table's rows with `loss` the --loss column; `objective` is the series (e.g.
+  "ar+dropout0.1"), so each variant is fitted and drawn on its own."""
   rows = sweep_lib.read_csv(path)
   if _LOSS.value not in rows[0]:
     raise ValueError(f"{path}: no column {_LOSS.value!r} for --loss")
-  return [{**r, "loss": r[_LOSS.value]} for r in rows]
+  return [{**r, "loss": r[_LOSS.value], "objective": sweep_lib.series(r)} for r in rows]
 
 
 def _json_number(x: float):
@@ -275,6 +285,16 @@ def do_plot() -> None:
                                                                   "critical_compute.png")))
   else:
     print(f"{fit_path} not found: run `fit` first for the fitted-law plot")
+  raw = [{**r, "loss": r[_LOSS.value]} for r in sweep_lib.read_csv(_path(_CSV, "runs.csv"))]
+  if len({r.get("noise_rate") or 0.0 for r in raw}) > 1:  # A noise study.
+    raw = [{**r, "noise_rate": r.get("noise_rate") or 0.0} for r in raw]
+    paths.append(plot.plot_loss_vs_noise(raw, os.path.join(out_dir, "noise_rate.png"),
+                                         ylabel=label))
+    table = plot.noise_markdown(plot.noise_table(raw), loss_name=_LOSS.value)
+    with open(os.path.join(out_dir, "noise_rate.md"), "w") as f:
+      f.write(table)
+    print(table)
+    paths.append(os.path.join(out_dir, "noise_rate.md"))
   for path in paths:
     print(f"-> {path}")
 

@@ -49,6 +49,16 @@ def _colors(values) -> dict:
   return dict(zip(values, colormaps["viridis"](np.linspace(0.0, 0.85, len(values)))))
 
 
+def _series_colors(rows):
+  """color_of(objective, U): a colour per U, or per objective (series) when all runs share
+  one U."""
+  if len({r["U"] for r in rows}) > 1:
+    colors = _colors(r["U"] for r in rows)
+    return lambda objective, u: colors[u]
+  names = sorted({r["objective"] for r in rows})
+  return lambda objective, u: f"C{names.index(objective) % 10}"
+
+
 def _number(x: float) -> str:
   """Short label: whole numbers below 1e6 in full (8192), others with 3 digits (1e+08)."""
   return f"{x:.0f}" if x < 1e6 and float(x).is_integer() else f"{x:.3g}"
@@ -67,17 +77,18 @@ def plot_loss_vs_epochs(rows: Sequence[Mapping], out_path: str, *,
   at each epoch count; every run is also drawn as a faint dot."""
   _check_rows(rows)
   styles = _styles(r["objective"] for r in rows)
-  colors = _colors(r["U"] for r in rows)
+  color_of = _series_colors(rows)
   fig = Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
   for (objective, u), group in _groups(rows, ("objective", "U")).items():
     linestyle, marker = styles[objective]
     epochs = np.array([r["epochs"] for r in group], dtype=float)
     loss = np.array([r["loss"] for r in group], dtype=float)
-    ax.scatter(epochs, loss, color=colors[u], marker=marker, alpha=0.3, s=12)
+    ax.scatter(epochs, loss, color=color_of(objective, u), marker=marker, alpha=0.3, s=12)
     unique_epochs = np.unique(epochs)
     best = [loss[epochs == e].min() for e in unique_epochs]
-    ax.plot(unique_epochs, best, linestyle=linestyle, marker=marker, color=colors[u],
+    ax.plot(unique_epochs, best, linestyle=linestyle, marker=marker,
+            color=color_of(objective, u),
             label=f"{objective}, U={_number(u)}")
   ax.set(xscale="log", xlabel="epochs", ylabel=ylabel,
          title="Validation loss vs epochs (best over N)")
@@ -91,7 +102,7 @@ def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str, *,
   (objective, U): the best loss reached with at most that compute on U unique tokens."""
   _check_rows(rows)
   styles = _styles(r["objective"] for r in rows)
-  colors = _colors(r["U"] for r in rows)
+  color_of = _series_colors(rows)
   fig = Figure(figsize=(6.4, 4.4))
   ax = fig.add_subplot()
   for (objective, u), group in _groups(rows, ("objective", "U")).items():
@@ -99,9 +110,9 @@ def plot_loss_vs_flops(rows: Sequence[Mapping], out_path: str, *,
     flops = np.array([r["flops"] for r in group], dtype=float)
     loss = np.array([r["loss"] for r in group], dtype=float)
     order = np.argsort(flops, kind="stable")
-    ax.scatter(flops, loss, color=colors[u], marker=marker, alpha=0.3, s=12)
+    ax.scatter(flops, loss, color=color_of(objective, u), marker=marker, alpha=0.3, s=12)
     ax.plot(flops[order], np.minimum.accumulate(loss[order]), linestyle=linestyle,
-            color=colors[u], label=f"{objective}, U={_number(u)} (envelope)")
+            color=color_of(objective, u), label=f"{objective}, U={_number(u)} (envelope)")
   ax.set(xscale="log", xlabel="training FLOPs", ylabel=ylabel,
          title="Validation loss vs compute")
   ax.legend(fontsize=7)
@@ -199,3 +210,66 @@ def plot_critical_compute(saved: Mapping, out_path: str) -> str:
 def _json_float(v) -> float:
   """A fit.json number: "inf" -> inf, null -> nan."""
   return math.nan if v is None else float(v)
+
+
+def noise_table(rows: Sequence[Mapping]) -> list[dict]:
+  """Per (objective, model, U, epochs, seed) and noise rate r: the loss L(r) and its
+  relative increase L(r) / L(0) - 1 over the same cell's clean run (nan without one)."""
+  for i, row in enumerate(rows):
+    missing = [k for k in ("objective", "model", "N", "U", "epochs", "noise_rate", "loss")
+               if k not in row]
+    if missing:
+      raise ValueError(f"rows[{i}] lacks keys {missing}")
+  out = []
+  rows = [{"seed": 0, **r} for r in rows]
+  for (objective, model, u, epochs, seed), group in _groups(
+      rows, ("objective", "model", "U", "epochs", "seed")).items():
+    clean = [r["loss"] for r in group if r["noise_rate"] == 0]
+    for row in sorted(group, key=lambda r: r["noise_rate"]):
+      out.append({"objective": objective, "model": model, "N": row["N"], "U": u,
+                  "epochs": epochs, "seed": seed,
+                  "noise_rate": row["noise_rate"], "loss": row["loss"],
+                  "relative_increase": row["loss"] / clean[0] - 1 if clean else math.nan})
+  return out
+
+
+def noise_markdown(table: Sequence[Mapping], *, loss_name: str = "loss") -> str:
+  """`noise_table` as a Markdown table."""
+  lines = [f"| objective | model | U | epochs | seed | noise rate | {loss_name} | vs clean |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+  for r in table:
+    lines.append(f"| {r['objective']} | {r['model']} | {_number(r['U'])} | {r['epochs']:g} | "
+                 f"{r['seed']} | {r['noise_rate']:g} | {r['loss']:.4f} | "
+                 f"{100 * r['relative_increase']:+.2f}% |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_loss_vs_noise(rows: Sequence[Mapping], out_path: str, *,
+                       ylabel: str = "validation loss") -> str:
+  """Left: clean validation loss vs the share of random training sequences, one line per
+  (objective, model, U, epochs). Right: its increase relative to the clean run, in %, with
+  the < 1% at 20% noise that "Do we really have to filter out random noise in pre-training
+  data?" (2025) reports for AR."""
+  table = noise_table(rows)
+  fig = Figure(figsize=(10.4, 4.2))
+  left, right = fig.subplots(1, 2)
+  keys = ("objective", "model", "U", "epochs", "seed")
+  styles = _styles(r["objective"] for r in table)
+  for key, group in _groups(table, keys).items():
+    group = sorted(group, key=lambda r: r["noise_rate"])
+    linestyle, marker = styles[key[0]]
+    rate = 100 * np.array([r["noise_rate"] for r in group], dtype=float)
+    label = f"{key[0]}, {key[1]}, U={_number(key[2])}, {key[3]:g} ep., seed {key[4]}"
+    left.plot(rate, [r["loss"] for r in group], linestyle=linestyle, marker=marker, label=label)
+    right.plot(rate, [100 * r["relative_increase"] for r in group], linestyle=linestyle,
+               marker=marker, label=label)
+  right.scatter([20], [1], marker="*", s=120, color="gray", zorder=3,
+                label="paper: AR < 1% at 20%")
+  right.axhline(0, color="gray", linewidth=0.5)
+  left.set(xlabel="random training sequences (%)", ylabel=ylabel,
+           title="Clean validation loss vs noise")
+  right.set(xlabel="random training sequences (%)", ylabel="increase over clean run (%)",
+            title="Relative increase")
+  for ax in (left, right):
+    ax.legend(fontsize=7)
+  return _save(fig, out_path)

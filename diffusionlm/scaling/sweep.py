@@ -8,18 +8,23 @@ axes of the grid (Prabhudesai et al., 2025, Sec. 3; Muennighoff et al., 2023, Se
                  mlp_dim = mlp_ratio * d_model
   unique_tokens  U, the data budget (data.unique_tokens; the first U tokens, repeated)
   epochs         passes over U; or total_tokens D (then epochs = D / U)
+  variants       optional: "NAME:field=value;field=value" settings of `train` crossed with the
+                 objectives, e.g. "drop:model.dropout=0.1" (a bare "NAME" changes nothing)
 
 Each run trains for num_train_steps = round(epochs * (U // seq_len) / global_batch_size),
 so D = num_train_steps * global_batch_size * seq_len tokens, evaluates the validation split
-`evals_per_run` times, and lives in ROOT/<name>, e.g. `ar-d64l2-U100k-E8`.
+`evals_per_run` times, and lives in ROOT/<name>, e.g. `ar-d64l2-U100k-E8`, or with a
+variant `ar-drop-d64l2-U100k-E8`.
 
 `run_locally` trains them one after another; a run with summary.json is done and skipped,
 an interrupted one resumes from its checkpoint. `launch_commands` gives one shell command
 per run for a cluster. `collect` turns finished runs into rows of one table (CSV).
 """
+import ast
 import csv
 import dataclasses
 import glob
+import itertools
 import json
 import math
 import os
@@ -34,6 +39,7 @@ from diffusionlm import config_defaults
 from diffusionlm.train import run_dir
 
 _MODEL_NAME = re.compile(r"d(\d+)l(\d+)")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.]+")
 _TRAIN_CONFIG_FILE = "configs/base.py"  # Launch commands override every other field.
 
 
@@ -94,6 +100,56 @@ def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   config[leaf] = value
 
 
+def _literal(text: str):
+  """A flag-style value: a Python literal (0.1, True, 'x') or else the text itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_variants(values: Iterable, train: ml_collections.ConfigDict
+                   ) -> list[tuple[str, dict[str, Any]]]:
+  """"NAME:field=value;field=value" entries -> [(NAME, {field: value})]; none -> [("", {})].
+
+  Every field must be a field of the training config `train`, and no name may look like a
+  model ("d64l2") or repeat, so run names stay unambiguous.
+  """
+  known = _flatten(train.to_dict())
+  out = []
+  for entry in _flat_items(values):
+    name, _, settings = entry.partition(":")
+    name = name.strip()
+    if not _VARIANT_NAME.fullmatch(name) or _MODEL_NAME.fullmatch(name):
+      raise ValueError(f"sweep_config.variants: {entry!r} needs a name of letters, digits, "
+                       "'_' or '.' that is not a model name, e.g. 'drop:model.dropout=0.1'")
+    overrides = {}
+    for item in filter(None, (s.strip() for s in settings.split(";"))):
+      field, eq, value = item.partition("=")
+      field = field.strip()
+      if not eq or field not in known:
+        raise ValueError(f"sweep_config.variants: {item!r} of {name!r} is not "
+                         "FIELD=VALUE with FIELD a training-config field (e.g. model.dropout)")
+      overrides[field] = _literal(value.strip())
+    out.append((name, overrides))
+  names = [n for n, _ in out]
+  if len(set(names)) != len(names):
+    raise ValueError(f"sweep_config.variants: names repeat in {names}")
+  return out or [("", {})]
+
+
+def variant_of(name: str) -> str:
+  """The variant in a run name `OBJECTIVE-VARIANT-MODEL-...` ("" for `OBJECTIVE-MODEL-...`)."""
+  parts = name.split("-")
+  return parts[1] if len(parts) > 2 and not _MODEL_NAME.fullmatch(parts[1]) else ""
+
+
+def series(row: Mapping[str, Any]) -> str:
+  """The label of a run's curve: its objective, with `+variant` when it has one."""
+  variant = row.get("variant") or ""
+  return f"{row['objective']}+{variant}" if variant else str(row["objective"])
+
+
 def _check_axes(sweep: ml_collections.ConfigDict):
   """(objectives, models, unique_tokens, epochs or None, total_tokens or None), validated."""
   objectives = _flat_items(sweep.objectives)
@@ -131,6 +187,7 @@ def expand(sweep: ml_collections.ConfigDict, root: str) -> list[Run]:
   the cheap runs of both objectives finish first."""
   objectives, models, unique, epochs, totals = _check_axes(sweep)
   train = sweep.train
+  variants = parse_variants(sweep.get("variants", ()), train)
   seq_len, batch = int(train.data.seq_len), int(train.global_batch_size)
   sizes = {m: parse_model(m, head_dim=sweep.head_dim, mlp_ratio=sweep.mlp_ratio) for m in models}
   runs = []
@@ -145,7 +202,7 @@ def expand(sweep: ml_collections.ConfigDict, root: str) -> list[Run]:
       for tag, amount, num_epochs in amounts:
         steps = max(1, round(num_epochs * rows / batch))
         every = max(1, math.ceil(steps / sweep.evals_per_run))
-        for objective in objectives:
+        for objective, (variant, settings) in itertools.product(objectives, variants):
           overrides = {
               "objective": objective,
               "data.unique_tokens": u,
@@ -156,11 +213,13 @@ def expand(sweep: ml_collections.ConfigDict, root: str) -> list[Run]:
               "optimizer.warmup_steps": min(int(train.optimizer.warmup_steps),
                                             int(sweep.max_warmup_fraction * steps)),
               **{f"model.{k}": v for k, v in sizes[model].items()},
+              **settings,
           }
           config = ml_collections.ConfigDict(train.to_dict())
           for key, value in overrides.items():
             _set(config, key, value)
-          name = f"{objective}-{model}-U{_short(u)}-{tag}{_short(amount)}"
+          prefix = f"{objective}-{variant}" if variant else objective
+          name = f"{prefix}-{model}-U{_short(u)}-{tag}{_short(amount)}"
           runs.append(Run(name, os.path.join(root, name), config))
   names = [r.name for r in runs]
   duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -270,10 +329,10 @@ def launch_command(run: Run, *, launcher: str = "") -> str:
 # ---- Collect ------------------------------------------------------------------------
 
 FLOP_KINDS = ("six_n_with_embedding", "six_n", "exact")
-COLUMNS = ("name", "objective", "model", "d_model", "num_layers", "N", "N_nonembedding",
+COLUMNS = ("name", "objective", "variant", "model", "d_model", "num_layers", "N", "N_nonembedding",
            "U", "epochs", "D", "steps", "flops", "flops_six_n_with_embedding", "flops_six_n",
            "flops_exact", "final_bits_per_token", "best_bits_per_token", "final_nats",
-           "best_nats", "num_evals")
+           "best_nats", "num_evals", "seed", "noise_rate", "dropout", "input_mask_rate")
 
 
 def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[str, Any]:
@@ -281,7 +340,9 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
 
   U is the budget the pipeline really used (whole sequences: (U // seq_len) * seq_len),
   D the tokens trained on, epochs = D / U. Losses are the validation bits per token of
-  metrics.jsonl (final = last eval, best = lowest) and the same in nats.
+  metrics.jsonl (final = last eval, best = lowest) and the same in nats. `variant` comes
+  from the run's name (`variant_of`); seed, noise_rate, dropout and input_mask_rate from
+  its config (0 where the config predates the field).
   """
   if flops_kind not in FLOP_KINDS:
     raise ValueError(f"flops_kind must be one of {FLOP_KINDS}, got {flops_kind!r}")
@@ -306,8 +367,9 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
   per_token = summary["flops_per_token"]
   model = config["model"]
   final, best = evals[-1], min(evals)
+  name = os.path.basename(os.path.normpath(workdir))
   return {
-      "name": os.path.basename(os.path.normpath(workdir)), "objective": summary["objective"],
+      "name": name, "objective": summary["objective"], "variant": variant_of(name),
       "model": f"d{model['d_model']}l{model['num_layers']}", "d_model": model["d_model"],
       "num_layers": model["num_layers"], "N": summary["num_params"],
       "N_nonembedding": summary["num_nonembedding_params"], "U": u, "epochs": d / u, "D": d,
@@ -315,7 +377,10 @@ def read_run(workdir: str, *, flops_kind: str = "six_n_with_embedding") -> dict[
       **{f"flops_{k}": per_token[k] * d for k in FLOP_KINDS},
       "final_bits_per_token": final, "best_bits_per_token": best,
       "final_nats": final * math.log(2), "best_nats": best * math.log(2),
-      "num_evals": len(evals),
+      "num_evals": len(evals), "seed": config["seed"],
+      "noise_rate": config["data"].get("noise_rate", 0.0),
+      "dropout": model.get("dropout", 0.0),
+      "input_mask_rate": config["data"].get("input_mask_rate", 0.0),
   }
 
 
@@ -337,6 +402,17 @@ def find_runs(root: str) -> list[str]:
     raise ValueError(f"--root={root!r} is not a directory")
   return sorted(os.path.join(root, n) for n in os.listdir(root)
                 if os.path.exists(os.path.join(root, n, "summary.json")))
+
+
+def matching_rows(rows: Sequence[Mapping], table: Sequence[Mapping]) -> list[dict]:
+  """The rows of `table` (an older collect CSV) with the model and U of one of `rows` and a
+  name none of them has, completed with this table's columns (variant "", rates 0)."""
+  cells = {(r["model"], r["U"]) for r in rows}
+  names = {r["name"] for r in rows}
+  defaults = {"variant": "", "seed": 0, "noise_rate": 0.0, "dropout": 0.0,
+              "input_mask_rate": 0.0}
+  return [{c: {**defaults, **row}.get(c, "") for c in COLUMNS} for row in table
+          if (row.get("model"), row["U"]) in cells and row.get("name") not in names]
 
 
 def write_csv(rows: Sequence[Mapping], path: str) -> str:

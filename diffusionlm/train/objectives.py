@@ -35,10 +35,11 @@ def make_loss_fn(config: ml_collections.ConfigDict, *, mask_id: int):
       return losses.sft_loss(params, apply_fn, batch["tokens"], batch["prompt_len"], key,
                              mask_id=mask_id, valid_BxL=batch["valid"], **kw)
   elif objective == "ar":
+    input_mask_rate = float(config.data.input_mask_rate)
 
     def loss_fn(params, apply_fn, batch, key):
-      del key
-      return losses.ar_loss(params, apply_fn, batch["tokens"], valid_BxL=batch["valid"])
+      return losses.ar_loss(params, apply_fn, batch["tokens"], valid_BxL=batch["valid"],
+                            input_mask_rate=input_mask_rate, key=key, mask_id=mask_id)
   else:
     raise ValueError(f"config.objective={objective!r}: expected one of {config_defaults.OBJECTIVES}.")
   return loss_fn

@@ -5,6 +5,7 @@ Reads top to bottom: config checks -> model, mesh, abstract state and its shardi
 and FLOPs logged) -> loop (log, evaluate, checkpoint; bookkeeping.Bookkeeping) ->
 summary.json.
 """
+import functools
 import math
 import time
 
@@ -18,16 +19,26 @@ from diffusionlm.train import (bookkeeping, checkpoint, metrics, objectives, run
                                train_state, validation)
 from diffusionlm.train import memory as device_memory
 
+_DROPOUT_STREAM = 1  # fold_in(step key, this) seeds the step's dropout masks.
+
 
 def make_train_step(setup: train_state.Setup):
-  """One optimizer step (see `train_state.apply_gradients` for the non-finite guard)."""
+  """One optimizer step (see `train_state.apply_gradients` for the non-finite guard).
+
+  With `config.model.dropout` > 0 the network runs with dropout on, its 'dropout' rng folded
+  from the step key; with dropout 0 the step is the deterministic network's.
+  """
   loss_fn = objectives.make_loss_fn(setup.config, mask_id=setup.model_config.mask_id)
   base_key = jax.random.key(setup.config.seed)
 
   def train_step(state: train_state.TrainState, batch):
     key = jax.random.fold_in(base_key, state.step)  # Resumed runs see the same noise.
+    apply_fn = setup.apply_fn
+    if setup.model_config.dropout > 0:
+      apply_fn = functools.partial(setup.apply_fn, deterministic=False, rngs={
+          "dropout": jax.random.fold_in(key, _DROPOUT_STREAM)})
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(p, setup.apply_fn, batch, key), has_aux=True)(state.params)
+        lambda p: loss_fn(p, apply_fn, batch, key), has_aux=True)(state.params)
     new_state, grad_norm = train_state.apply_gradients(setup.tx, state, loss, grads)
     step_metrics = {**aux, "loss": loss, "grad_norm": grad_norm, "lr": setup.lr_schedule(state.step)}
     return new_state, step_metrics

@@ -33,6 +33,7 @@ def validate_run_config(config: ml_collections.ConfigDict, *, num_devices: int) 
   require(m.d_model % m.num_heads == 0,
           f"config.model.d_model={m.d_model} is not divisible by config.model.num_heads={m.num_heads}.")
   require(m.vocab_size >= 0, f"config.model.vocab_size={m.vocab_size} must be >= 0 (0 = from tokenizer).")
+  require(0.0 <= m.dropout < 1.0, f"config.model.dropout={m.dropout} must be in [0, 1).")
 
   o = c.optimizer
   require(o.name in optimizer.OPTIMIZERS,
@@ -80,5 +81,10 @@ def validate_train_config(config: ml_collections.ConfigDict, *, num_devices: int
   require(c.data.seq_len >= 2, f"config.data.seq_len={c.data.seq_len} must be >= 2.")
   require(c.data.unique_tokens >= 0, f"config.data.unique_tokens={c.data.unique_tokens} must be >= 0.")
   require(0.0 <= c.data.noise_rate <= 1.0, f"config.data.noise_rate={c.data.noise_rate} must be in [0, 1].")
+  require(0.0 <= c.data.input_mask_rate < 1.0,
+          f"config.data.input_mask_rate={c.data.input_mask_rate} must be in [0, 1).")
+  require(c.data.input_mask_rate == 0 or c.objective == "ar",
+          f"config.data.input_mask_rate={c.data.input_mask_rate} applies to the 'ar' objective "
+          f"only (config.objective={c.objective!r}); the diffusion objectives mask by design.")
 
   validate_run_config(c, num_devices=num_devices)
