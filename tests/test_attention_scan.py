@@ -126,6 +126,34 @@ def test_scanned_model_equals_unrolled_with_same_weights(remat):
                                  want_kv, rel=REL)
 
 
+def test_dropout_in_every_kernel_and_layout():
+  """model.dropout: deterministic calls (evaluation, samplers) are the plain network in both
+  layouts; in training the dot_product kernel falls back to einsum (same values for the same
+  'dropout' rng), and the scanned stack's masks follow the rng."""
+  base = _config(GQA, causal=True, dropout=0.5)
+  params = _params(base)
+  stacked = layer_layout.to_layout(params, layer_layout.SCANNED)
+  tokens_BxL, valid_BxL = _inputs()
+  plain = _apply(_config(base, dropout=0.0))(params, tokens_BxL, valid_BxL=valid_BxL)
+
+  def run(scan, attention, key=None):
+    model = transformer.Transformer(_config(base, scan_layers=scan, attention=attention))
+    p = stacked if scan else params
+    if key is None:
+      return model.apply({"params": p}, tokens_BxL, valid_BxL=valid_BxL)
+    return model.apply({"params": p}, tokens_BxL, valid_BxL=valid_BxL, deterministic=False,
+                       rngs={"dropout": key})
+
+  k0, k1 = jax.random.key(0), jax.random.key(1)
+  for scan in (False, True):
+    numerics.assert_close_at_scale(run(scan, "dot_product"), plain, rel=REL)
+    train = run(scan, "einsum", k0)
+    numerics.assert_close_at_scale(run(scan, "dot_product", k0), train, rel=REL,
+                                   err_msg=f"scan={scan}")
+    np.testing.assert_array_equal(run(scan, "einsum", k0), train)
+    assert np.abs(train - plain).max() > 1e-3 and np.abs(run(scan, "einsum", k1) - train).max() > 1e-3
+
+
 def test_scanned_init_has_the_unrolled_shapes_stacked_and_logical_axes():
   """Scanned parameters carry a leading `layers` axis (unsharded) and otherwise the unrolled
   parameters' shapes and shardings: converting one abstract tree gives the other."""
