@@ -124,17 +124,21 @@ def test_only_adapters_hold_optimizer_state_and_shard_like_their_kernels(tfds_di
 
 @pytest.fixture(scope="module")
 def base_run(tfds_dir, tmp_path_factory):
-  """A pretrained (2 steps) model to adapt."""
+  """A randomly initialised 1-layer model saved as a run directory: the base to adapt (SFT)
+  and the diffu-GRPO start (RL, whose model comes from it)."""
   workdir = str(tmp_path_factory.mktemp("lora") / "base")
-  trainer.train_and_evaluate(test_trainer.tiny_config(
-      tfds_dir, eval_every_steps=0, num_train_steps=2, **MESH8), workdir)
+  config = test_trainer.tiny_config(tfds_dir, **{"model.num_layers": 1})
+  setup = train_state.build(config, jax.devices()[:1])
+  state = train_state.make_init_fn(setup)(jax.random.key(0))
+  convert.save_params(workdir, state.params, setup.config.to_dict())
+  run_dir.write_config(workdir, setup.config.to_dict())
   return workdir
 
 
 def lora_sft_config(tfds_dir, base_run, **overrides):
   return test_trainer.tiny_config(
-      tfds_dir, objective="sft", init_from=base_run, eval_every_steps=2,
-      **{"optimizer.lr": 1e-2, **MESH8, **lora_overrides(), **overrides})
+      tfds_dir, objective="sft", init_from=base_run, eval_every_steps=0,
+      **{"model.num_layers": 1, "optimizer.lr": 1e-2, **MESH8, **lora_overrides(), **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +216,8 @@ def test_merged_run_is_the_adapted_model(tfds_dir, base_run, lora_sft_run, tmp_p
   # The LoRA run itself loads as the same model, and the merged run starts a plain run.
   numerics.assert_close_at_scale(jax.device_get(load.load_run(lora_sft_run).params),
                                  jax.device_get(run.params), rel=1e-6)
-  plain = train_state.build(test_trainer.tiny_config(tfds_dir, objective="sft", init_from=out,
-                                                     **MESH8))
+  plain = train_state.build(test_trainer.tiny_config(
+      tfds_dir, objective="sft", init_from=out, **MESH8, **{"model.num_layers": 1}))
   start = train_state.initial_state(plain, jax.random.key(1))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(start.params),
                jax.device_get(run.params))
@@ -226,32 +230,28 @@ def test_merged_run_is_the_adapted_model(tfds_dir, base_run, lora_sft_run, tmp_p
 # ---- LoRA RL ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rl_init_run(tfds_dir, tmp_path_factory):
-  """A pretrained (random) masked-diffusion run to start diffu-GRPO from."""
-  workdir = str(tmp_path_factory.mktemp("lora_rl") / "init")
-  config = test_rl.tiny_config(tfds_dir)
-  setup = train_state.build(config, jax.devices()[:1])
-  state = train_state.make_init_fn(setup)(jax.random.key(0))
-  saved = config.to_dict()
-  saved["model"]["vocab_size"] = setup.model_config.vocab_size
-  convert.save_params(workdir, state.params, saved)
-  run_dir.write_config(workdir, saved)
-  return workdir
+def mlp_apply_fn(params, tokens_BxL, **kw):
+  """test_rl's toy network on the Transformer's embedding and head, its embedding passed
+  through block 0's (adapted) SwiGLU up / down kernels: the real parameter tree, LoRA state,
+  shardings and checkpoints, compiled in seconds."""
+  mlp = params["block_0"]["mlp"]
+  embedding = params["embedding"]
+  embedding = embedding + jnp.tanh(embedding @ mlp["up"]) @ mlp["down"]
+  return test_rl.tree_apply_fn({**params, "embedding": embedding}, tokens_BxL, **kw)
 
 
-def test_lora_rl_reference_is_the_base_and_resumes_bitwise(tfds_dir, rl_init_run, tmp_path):
-  """The real Transformer under LoRA diffu-GRPO on 8 devices: no reference copy in the
-  state; at the start the reference (adapters off) and the old policy give the same
-  log-probs; the base never changes; 1 step + resume == 2 steps straight (bitwise)."""
-  config = test_rl.tiny_config(tfds_dir, rl_init_run, **MESH8, **lora_overrides(),
+def test_lora_rl_reference_is_the_base_and_resumes_bitwise(tfds_dir, base_run, tmp_path):
+  """LoRA diffu-GRPO on 8 devices: no reference copy in the state; at the start the
+  reference (adapters off) and the old policy give the same log-probs bitwise; the base
+  never changes while the adapters do; 1 step + resume == 2 steps straight (bitwise)."""
+  config = test_rl.tiny_config(tfds_dir, base_run, **MESH8, **lora_overrides(),
                                **{"rl.beta": 0.04})
-  rs = rl_setup.build(config, jax.devices())
+  rs = rl_setup.build(config, jax.devices(), apply_fn=mlp_apply_fn)
   assert isinstance(rs.abstract_state, train_state.LoraTrainState)
   assert not hasattr(rs.abstract_state, "ref_params")
   state = rl_setup.init_state(rs)
   policy, reference = rl_setup.split(state)
-  initial = checkpoint.restore_params(rl_init_run, rs.setup.abstract_model_params)
+  initial = checkpoint.restore_params(base_run, rs.setup.abstract_model_params)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(reference), jax.device_get(initial))
   rl = rs.config.rl
   rng = np.random.default_rng(0)
@@ -277,4 +277,4 @@ def test_lora_rl_reference_is_the_base_and_resumes_bitwise(tfds_dir, rl_init_run
   final = restore(straight)
   jax.tree.map(np.testing.assert_array_equal, restore(resumed), final)
   jax.tree.map(np.testing.assert_array_equal, final.base_params, jax.device_get(initial))
-  assert float(np.abs(final.params["block_0"]["attn"]["query"]["b"]).max()) > 0
+  assert float(np.abs(final.params["block_0"]["mlp"]["up"]["b"]).max()) > 0

@@ -12,6 +12,7 @@ the frozen base with the trained adapters merged, and the reference policy is th
 the adapters off, so no second copy of the parameters exists (`split`, `join`).
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -135,7 +136,11 @@ class RLSetup:
     policy, _ = split(state)
     if self.setup.lora is None:
       return policy.params
-    return jax.jit(self.setup.model_params, out_shardings=self.setup.model_sharding)(policy)
+    return self._merge(policy)
+
+  @functools.cached_property
+  def _merge(self):
+    return jax.jit(self.setup.model_params, out_shardings=self.setup.model_sharding)
 
 
 def build(config: ml_collections.ConfigDict, devices=None, *, apply_fn=None) -> RLSetup:

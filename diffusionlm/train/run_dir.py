@@ -94,7 +94,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
         "use a new --workdir, or config.init_from to start from its parameters.")
   lora_changed = {k: (previous.lora.get(k), v) for k, v in config.lora.items()
                   if _normal(previous.lora.get(k)) != _normal(v)}
-  if lora_changed:
+  if lora_changed and (previous.lora.rank or config.lora.rank):  # Unused settings may change.
     raise ValueError(
         f"{workdir} holds a run with other LoRA settings ("
         + ", ".join(f"lora.{k}: {a} -> {b}" for k, (a, b) in lora_changed.items())

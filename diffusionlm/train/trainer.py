@@ -110,6 +110,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       f"Model: {param_counts['total']:,} parameters ({param_counts['non_embedding']:,} "
       f"non-embedding); {flops_per_step:.3e} FLOPs per step (exact, {tokens_per_step} tokens); "
       f"measured matmul peak {peak_flops:.3e} FLOP/s over {jax.device_count()} devices.")
+  if setup.lora is not None:
+    trainable = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
+    run_dir.log(f"LoRA rank {setup.lora.rank} on {', '.join(setup.lora.targets)}: {trainable:,} "
+                f"trainable parameters ({100 * trainable / param_counts['total']:.2f}% of the "
+                f"model); the base is frozen in {setup.lora.base_dtype}.")
   if memory is not None:
     run_dir.log(
         f"Compiled step memory per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
