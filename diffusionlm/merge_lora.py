@@ -22,8 +22,8 @@ def main(argv):
   from diffusionlm.train import merge_lora  # pylint: disable=g-import-not-at-top
   config = merge_lora.merge_run(_WORKDIR.value, _OUT.value)
   if jax.process_index() == 0:
-    print(f"Merged the LoRA adapters of {_WORKDIR.value} into {_OUT.value} ({config.model.num_layers} "
-          f"layers, d_model {config.model.d_model}).\nEvaluate it with "
+    print(f"Merged the LoRA adapters of {_WORKDIR.value} into {_OUT.value} "
+          f"({config.model.num_layers} layers, d_model {config.model.d_model}).\nEvaluate it with "
           f"`python -m diffusionlm.evaluate --workdir={_OUT.value}`, or start from it with "
           f"--config.init_from={_OUT.value}", flush=True)
 

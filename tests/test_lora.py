@@ -49,12 +49,10 @@ def test_merge_is_the_low_rank_update_per_stacked_matrix():
                           adapters)
   merged = lora.merge(base, adapters, cfg)
   q, o = adapters["attn"]["query"], adapters["attn"]["out"]
-  np.testing.assert_allclose(merged["attn"]["query"].reshape(5, 8),
-                             base["attn"]["query"].reshape(5, 8) + 2.0 * q["a"] @ q["b"].reshape(3, 8),
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(merged["attn"]["out"].reshape(8, 5),
-                             base["attn"]["out"].reshape(8, 5) + 2.0 * o["a"].reshape(8, 3) @ o["b"],
-                             rtol=1e-5, atol=1e-5)
+  want_q = base["attn"]["query"].reshape(5, 8) + 2.0 * q["a"] @ q["b"].reshape(3, 8)
+  np.testing.assert_allclose(merged["attn"]["query"].reshape(5, 8), want_q, rtol=1e-5, atol=1e-5)
+  want_o = base["attn"]["out"].reshape(8, 5) + 2.0 * o["a"].reshape(8, 3) @ o["b"]
+  np.testing.assert_allclose(merged["attn"]["out"].reshape(8, 5), want_o, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(merged["attn"]["norm"], base["attn"]["norm"])
 
   stack = lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
@@ -66,7 +64,8 @@ def test_merge_is_the_low_rank_update_per_stacked_matrix():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("targets", ("query", "q_proj"), r"config.lora.targets=\['query', 'q_proj'\]: unknown \['q_proj'\]"),
+    ("targets", ("query", "q_proj"),
+     r"config.lora.targets=\['query', 'q_proj'\]: unknown \['q_proj'\]"),
     ("targets", (), r"config.lora.targets=\[\]: empty"),
     ("rank", -1, r"config.lora.rank=-1 must be an int >= 0"),
     ("alpha", 0.0, r"config.lora.alpha=0.0 must be > 0"),

@@ -53,8 +53,9 @@ def validate(lora: Mapping) -> None:
   targets = tuple(lora["targets"])
   unknown = [t for t in targets if t not in KERNELS]
   if not targets or unknown:
-    raise ValueError(f"config.lora.targets={list(targets)!r}: {'unknown ' + str(unknown) if unknown else 'empty'}; "
-                     f"choose from {list(KERNELS)}.")
+    problem = f"unknown {unknown}" if unknown else "empty"
+    raise ValueError(f"config.lora.targets={list(targets)!r}: {problem}; choose from "
+                     f"{list(KERNELS)}.")
   if len(set(targets)) != len(targets):
     raise ValueError(f"config.lora.targets={list(targets)!r} names a kernel twice.")
   if lora["base_dtype"] not in BASE_DTYPES:

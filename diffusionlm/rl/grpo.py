@@ -169,9 +169,9 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
     def micro_step(grads, args):
       m, micro = args
       loss_fn = lambda p: grpo_loss(
-          setup.model_params(state, p), apply_fn, micro, mask_key(step_key, iteration, m), beta=beta, clip_eps=clip_eps,
-          p_mask_prompt=p_mask_prompt, mask_id=mask_id, eos_id=eos_id, num_tokens=num_tokens,
-          estimator=estimator)
+          setup.model_params(state, p), apply_fn, micro, mask_key(step_key, iteration, m),
+          beta=beta, clip_eps=clip_eps, p_mask_prompt=p_mask_prompt, mask_id=mask_id,
+          eos_id=eos_id, num_tokens=num_tokens, estimator=estimator)
       (_, metrics), grads_m = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return jax.tree.map(jnp.add, grads, grads_m), metrics
 

@@ -12,8 +12,9 @@ Step s draws everything from step_key = fold_in(key(seed), s): the sampler uses
 fold_in(step_key, 0), the prompt masks grpo.mask_key(fold_in(step_key, 1), i, m). With the
 prompt iterator's state and the parameters in the checkpoint, a resumed run repeats the
 uninterrupted one. The reference policy is the initial parameters, frozen and checkpointed
-with the state (under LoRA: the frozen base with the adapters off, rl/setup.py). `config.num_train_steps` counts RL steps; state.step counts optimizer
-updates (num_iterations per RL step).
+with the state (under LoRA: the frozen base with the adapters off, rl/setup.py).
+`config.num_train_steps` counts RL steps; state.step counts optimizer updates
+(num_iterations per RL step).
 """
 import time
 

@@ -184,7 +184,8 @@ def restore_params(workdir: str, abstract_params, *, source: str = "config.init_
   saved = run_dir.read_config(workdir)
   lora_config = saved.lora if saved is not None and saved.lora.rank else None
   if lora_config is None:
-    return _restore_state_items(directory, {"params": abstract_params}, source, workdir)["params"]
+    target = {"params": abstract_params}
+    return _restore_state_items(directory, target, source, workdir)["params"]
   base = lora.abstract_base(abstract_params, lora_config)
   restored = _restore_state_items(
       directory, {"params": lora.abstract_adapters(base, lora_config), "base_params": base},
