@@ -14,11 +14,12 @@ tokenizer from its config.json. d1's settings (base.rl_defaults()): G = 6
 samples per prompt, mu = 12 updates per rollout for GSM8K and MATH, 8 for Countdown and
 Sudoku, beta = 0.04, clip 0.5, prompt masking 0.15, generation 256 tokens in blocks of 32
 with 128 steps, learning rate 3e-6 held constant; Adam b2 = 0.99 and gradient clipping
-0.2 as in d1's released training config. d1 trains LoRA adapters (rank 128) on a 4-bit
-model; here every parameter is trained. Systems as configs/llada_8b.py (parameters,
-optimizer state and the reference sharded over all devices). A rollout's
-num_prompts_per_step * num_generations / num_micro_batches rows must be a multiple of the
-device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
+0.2 as in d1's released training config. d1 trains LoRA adapters (rank 128, alpha 64) on
+a 4-bit model; here every parameter is trained unless --config.lora.rank=128 (alpha 64 is
+set; --config.lora.base_dtype=bfloat16 stores the frozen base in bf16; docs/lora.md).
+Systems as configs/llada_8b.py (parameters, optimizer state and the reference sharded over
+all devices). A rollout's num_prompts_per_step * num_generations / num_micro_batches rows
+must be a multiple of the device count: 96 / 2 = 48 rows fit 8, 16 or 48 devices; on 32 use
 --config.rl.num_prompts_per_step=32.
 
 Memory (docs/launch.md "LLaDA-8B memory plan"): with prompts up to 768 tokens one update
@@ -61,6 +62,7 @@ def d1_config(arg: str | None = None, *, task: str):
   c.optimizer.decay = "constant"
   c.optimizer.b2 = 0.99
   c.optimizer.grad_clip = 0.2
+  c.lora.alpha = 64.0  # d1's LoRA scale; LoRA is on with --config.lora.rank=128 (d1's rank).
   return c
 
 

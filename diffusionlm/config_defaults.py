@@ -76,6 +76,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # output) in the training step only; evaluation and the samplers never drop. 0 = off.
   c.model.dropout = 0.0
 
+  # ---- LoRA (diffusionlm/models/lora.py, docs/lora.md) --------------------------------
+  # Low-rank adapters W + alpha / rank * A @ B on the kernels named in `targets`; only A and B
+  # train (and hold optimizer state). The frozen base comes from init_from. rank 0 = off.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0
+  # Kernels of every block: attention "query", "key", "value", "out"; SwiGLU "gate", "up",
+  # "down" (d1 adapts all seven).
+  c.lora.targets = ("query", "key", "value", "out", "gate", "up", "down")
+  c.lora.base_dtype = "float32"  # "float32" | "bfloat16": how the frozen base is stored.
+
   # ---- Diffusion objective (diffusionlm/diffusion/) ------------------------------
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"  # "linear" | "cosine" | "polynomial".

@@ -141,7 +141,7 @@ def make_logps_step(setup: train_state.Setup, apply_fn, *, num_iterations: int,
 
   mesh = setup.mesh
   views = NamedSharding(mesh, P(None, None, sharding.BATCH_AXES))
-  return jax.jit(logps, in_shardings=(setup.state_sharding.params, setup.state_sharding.params,
+  return jax.jit(logps, in_shardings=(setup.model_sharding, setup.model_sharding,
                                       micro_batch_sharding(mesh), sharding.replicated(mesh)),
                  out_shardings=views)
 
@@ -158,7 +158,8 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
   `train_state.apply_gradients` (setup.tx, non-finite guard). Sharded like the train step:
   state in setup.state_sharding (donated), rows over the data-parallel axes. `estimator`:
   as in `grpo_loss` (the same one as `make_logps_step`'s); with `trajectory` the batch also
-  holds "commit_step" [M, b, C].
+  holds "commit_step" [M, b, C]. Gradients are those of the trainable parameters (under
+  LoRA the adapters, merged into the frozen base: setup.model_params).
   """
   mask_id = setup.model_config.mask_id
 
@@ -168,9 +169,9 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
     def micro_step(grads, args):
       m, micro = args
       loss_fn = lambda p: grpo_loss(
-          p, apply_fn, micro, mask_key(step_key, iteration, m), beta=beta, clip_eps=clip_eps,
-          p_mask_prompt=p_mask_prompt, mask_id=mask_id, eos_id=eos_id, num_tokens=num_tokens,
-          estimator=estimator)
+          setup.model_params(state, p), apply_fn, micro, mask_key(step_key, iteration, m),
+          beta=beta, clip_eps=clip_eps, p_mask_prompt=p_mask_prompt, mask_id=mask_id,
+          eos_id=eos_id, num_tokens=num_tokens, estimator=estimator)
       (_, metrics), grads_m = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return jax.tree.map(jnp.add, grads, grads_m), metrics
 
@@ -188,14 +189,17 @@ def make_update_step(setup: train_state.Setup, apply_fn, *, beta: float, clip_ep
 
 
 def run_iterations(state: train_state.TrainState, ref_params, batch, step_key, *, logps_step,
-                   update_step, num_iterations: int):
+                   update_step, num_iterations: int, old_params=None):
   """The mu updates of one rollout: log-probs of every mask once, then update i under mask i.
 
+  old_params: the parameters the rollout's policy runs on (default state.params; under LoRA
+  the merged model, setup.model_params(state)).
   Returns (state, metrics per iteration as a list of dicts of device scalars, seconds
   {"logps", "updates"}: wall time of the two phases, each waited for).
   """
   tick = time.perf_counter()
-  views = jax.block_until_ready(logps_step(state.params, ref_params, batch, step_key))
+  old_params = state.params if old_params is None else old_params
+  views = jax.block_until_ready(logps_step(old_params, ref_params, batch, step_key))
   seconds = {"logps": time.perf_counter() - tick}
   tick = time.perf_counter()
   history = []

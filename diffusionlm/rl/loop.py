@@ -12,8 +12,9 @@ Step s draws everything from step_key = fold_in(key(seed), s): the sampler uses
 fold_in(step_key, 0), the prompt masks grpo.mask_key(fold_in(step_key, 1), i, m). With the
 prompt iterator's state and the parameters in the checkpoint, a resumed run repeats the
 uninterrupted one. The reference policy is the initial parameters, frozen and checkpointed
-with the state. `config.num_train_steps` counts RL steps; state.step counts optimizer
-updates (num_iterations per RL step).
+with the state (under LoRA: the frozen base with the adapters off, rl/setup.py).
+`config.num_train_steps` counts RL steps; state.step counts optimizer updates
+(num_iterations per RL step).
 """
 import time
 
@@ -41,8 +42,10 @@ def rl_step(rs: rl_setup.RLSetup, state: rl_setup.RLState, prompts: rollout.Prom
   c, rl = rs.config, rs.config.rl
   step_key = jax.random.fold_in(jax.random.key(c.seed), step)
   tick = time.perf_counter()
+  policy, ref_params = rl_setup.split(state)
+  params = rs.policy_params(state)
   batch, roll_metrics, completions = rollout.rollout(
-      state.params, rs.apply_fn, prompts, indices_N, jax.random.fold_in(step_key, 0),
+      params, rs.apply_fn, prompts, indices_N, jax.random.fold_in(step_key, 0),
       tokenizer=rs.setup.tokenizer, mesh=rs.setup.mesh, num_generations=rl.num_generations,
       gen_length=rl.gen_length, mask_id=rs.setup.model_config.mask_id,
       scale_rewards=rl.scale_rewards, score=score, sampler_settings=rs.sampler_settings)
@@ -52,13 +55,14 @@ def rl_step(rs: rl_setup.RLSetup, state: rl_setup.RLState, prompts: rollout.Prom
   update_batch = {k: rollout.to_global(batch[k].reshape((M, -1) + batch[k].shape[1:]),
                                        micro_sharding) for k in UPDATE_KEYS}
   policy, history, update_seconds = grpo.run_iterations(
-      state.policy, state.ref_params, update_batch, jax.random.fold_in(step_key, 1),
-      logps_step=rs.logps_step, update_step=rs.update_step, num_iterations=rl.num_iterations)
+      policy, ref_params, update_batch, jax.random.fold_in(step_key, 1),
+      logps_step=rs.logps_step, update_step=rs.update_step, num_iterations=rl.num_iterations,
+      old_params=params)
   seconds.update(update_seconds)
   history = jax.device_get(history)
   update_metrics = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
   update_metrics["lr"] = float(history[-1]["lr"])
-  new_state = rl_setup.RLState.create(policy, state.ref_params)
+  new_state = rl_setup.join(state, policy)
   timing = {f"seconds/{phase}": value for phase, value in seconds.items()}
   return new_state, {**roll_metrics, **update_metrics, **timing}, completions
 
@@ -138,7 +142,7 @@ def _run(rs: rl_setup.RLSetup, workdir: str, score, preemption: run_dir.Preempti
   step, row = start_step, {}
   with books:
     if evaluator and start_step == 0:
-      log_eval(0, state.params)
+      log_eval(0, rs.policy_params(state))
     while step < c.num_train_steps:
       tick = time.perf_counter()
       indices_N = next(prompt_iter)
@@ -152,7 +156,7 @@ def _run(rs: rl_setup.RLSetup, workdir: str, score, preemption: run_dir.Preempti
       books.progress.set_postfix(reward=f"{step_metrics['reward_mean']:.3f}",
                                  kl=f"{step_metrics['kl']:.4f}", refresh=False)
       if books.due(step, rl.eval_every_steps):
-        log_eval(step, state.params)
+        log_eval(step, rs.policy_params(state))
       if books.end_step(step, state, prompt_iter):
         break
 

@@ -6,8 +6,13 @@ batches) are not read. `resolve_config` takes the model and tokenizer from the i
 run, `validate_rl_config` checks config.rl, and `build` derives the sharded state
 (train_state.build, one optimizer whose schedule spans every update) and jits the programs
 of grpo.py. The loop that uses them is rl/loop.py.
+
+Under LoRA (config.lora.rank > 0) the state is a train_state.LoraTrainState: the policy is
+the frozen base with the trained adapters merged, and the reference policy is the base with
+the adapters off, so no second copy of the parameters exists (`split`, `join`).
 """
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -35,6 +40,19 @@ class RLState(train_state.TrainState):
   def create(cls, policy: train_state.TrainState, ref_params) -> "RLState":
     return cls(ref_params=ref_params, **{f.name: getattr(policy, f.name)
                                          for f in dataclasses.fields(policy)})
+
+
+def split(state) -> tuple[train_state.TrainState, Any]:
+  """(the policy's train state, the reference policy's parameters): an RLState's policy and
+  ref_params, or a LoRA state and its base (the model with the adapters off)."""
+  if isinstance(state, RLState):
+    return state.policy, state.ref_params
+  return state, state.base_params
+
+
+def join(state, policy: train_state.TrainState):
+  """`state` with its policy replaced by `policy` (the inverse of `split`)."""
+  return RLState.create(policy, state.ref_params) if isinstance(state, RLState) else policy
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -108,10 +126,21 @@ class RLSetup:
   config: ml_collections.ConfigDict  # Resolved, as setup.config.
   setup: train_state.Setup
   apply_fn: Any  # Bound once: a static argument of the compiled programs.
-  abstract_state: RLState
+  abstract_state: Any  # RLState, or under LoRA a train_state.LoraTrainState.
   sampler_settings: dict
   logps_step: Any
   update_step: Any
+
+  def policy_params(self, state):
+    """The parameters the policy runs on (under LoRA merged into a new tree, once)."""
+    policy, _ = split(state)
+    if self.setup.lora is None:
+      return policy.params
+    return self._merge(policy)
+
+  @functools.cached_property
+  def _merge(self):
+    return jax.jit(self.setup.model_params, out_shardings=self.setup.model_sharding)
 
 
 def build(config: ml_collections.ConfigDict, devices=None, *, apply_fn=None) -> RLSetup:
@@ -129,7 +158,8 @@ def build(config: ml_collections.ConfigDict, devices=None, *, apply_fn=None) -> 
                      estimator=estimators.from_config(rl))
   return RLSetup(
       config=c, setup=setup, apply_fn=apply_fn,
-      abstract_state=RLState.create(setup.abstract_state, setup.abstract_state.params),
+      abstract_state=(setup.abstract_state if setup.lora else
+                      RLState.create(setup.abstract_state, setup.abstract_state.params)),
       sampler_settings=rollout.sampler_kwargs(rl, mask_id=setup.model_config.mask_id),
       logps_step=grpo.make_logps_step(setup, apply_fn, num_iterations=rl.num_iterations,
                                       with_ref=rl.beta > 0, **loss_kwargs),
@@ -137,9 +167,12 @@ def build(config: ml_collections.ConfigDict, devices=None, *, apply_fn=None) -> 
                                         **loss_kwargs))
 
 
-def init_state(rs: RLSetup) -> RLState:
-  """Policy and reference = the init_from run's newest parameters; fresh optimizer state."""
+def init_state(rs: RLSetup):
+  """Policy and reference = the init_from run's newest parameters; fresh optimizer state.
+  Under LoRA: that model is the frozen base, with fresh adapters (B = 0: policy = base)."""
   setup = rs.setup
+  if setup.lora is not None:
+    return train_state.initial_state(setup, jax.random.key(rs.config.seed))
   params = checkpoint.restore_params(rs.config.init_from, setup.abstract_state.params)
   opt_state = jax.jit(setup.tx.init, out_shardings=setup.state_sharding.opt_state)(params)
   policy = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params,

@@ -25,7 +25,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffusionlm.models import layer_layout
+from diffusionlm.models import layer_layout, lora
+from diffusionlm.train import run_dir
 
 STATE, DATA, CONFIG = "state", "data", "config"
 CORRUPT_PREFIX = "corrupt-"
@@ -198,29 +199,49 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def restore_params(workdir: str, abstract_params, *, source: str = "config.init_from"):
-  """Parameters of the newest loadable checkpoint of another run (`config.init_from`).
+  """The model parameters of the newest loadable checkpoint of another run
+  (`config.init_from`, `load_run`), as `abstract_params` (ShapeDtypeStructs with shardings).
 
   Only the parameters are read (optimizer state, step and data position are not), so a
-  pretraining run can start an SFT run, and an SFT run an RL run. `source` names where
+  pretraining run can start an SFT run, and an SFT run an RL run. A LoRA run's parameters
+  are its base with its adapters merged (diffusionlm/models/lora.py). `source` names where
   `workdir` came from in errors (a config field or a flag).
   """
   directory = epath.Path(checkpoint_dir(workdir)).absolute()
   if not directory.exists() or not any(p.name.isdigit() for p in directory.iterdir()):
     raise ValueError(f"{source}={workdir!r}: the run has no checkpoint yet (nothing in "
                      f"{directory}); train it first, or point at a run that saved one.")
+  saved = run_dir.read_config(workdir)
+  lora_config = saved.lora if saved is not None and saved.lora.rank else None
+  if lora_config is None:
+    target = {"params": abstract_params}
+    return _restore_state_items(directory, target, source, workdir)["params"]
+  base = lora.abstract_base(abstract_params, lora_config)
+  restored = _restore_state_items(
+      directory, {"params": lora.abstract_adapters(base, lora_config), "base_params": base},
+      source, workdir)
+  merge = lambda b, a: jax.tree.map(lambda x, t: x.astype(t.dtype),
+                                    lora.merge(b, a, lora_config), abstract_params)
+  return jax.jit(merge, out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params))(
+      restored["base_params"], restored["params"])
+
+
+def _restore_state_items(directory, target: dict, source: str, workdir: str) -> dict:
+  """The items of `target` (abstract trees) from the state of the newest checkpoint in
+  `directory` that loads them."""
   _ignore_orbax_closed_event_loop_reports()
   manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA, CONFIG),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   errors = []
   for step in sorted(manager.all_steps(), reverse=True):
-    restore = lambda target, step=step: manager.restore(step, args=ocp.args.Composite(**{
+    restore = lambda tree, step=step: manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
             partial_restore=True)}))[STATE]
     try:
-      restored = read_in_layout(restore, directory / str(step), {"params": abstract_params})
+      restored = read_in_layout(restore, directory / str(step), target)
       logging.info("Initialised parameters from %s step %d.", directory, step)
-      return restored["params"]
+      return restored
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("init_from: checkpoint step %d of %s failed to load: %s", step, directory,
                       short_error(e))

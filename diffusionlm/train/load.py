@@ -1,6 +1,7 @@
 """Load a trained run for inference: `load_run(workdir)` -> model, parameters, tokenizer.
 
-Used by the sampler CLI, evaluation, RL (`config.init_from`) and the scaling tools.
+Used by the sampler CLI, evaluation, the LoRA merge and the scaling tools. A LoRA run loads
+as its merged model (base + adapters, `checkpoint.restore_params`).
 """
 import dataclasses
 from typing import Any
@@ -44,10 +45,12 @@ def load_run(workdir: str, devices=None, *, source: str = "--workdir",
   """Rebuilds a run's model from WORKDIR/config.json and loads its newest good parameters.
 
   `overrides` replace top-level config fields (e.g. `mesh=...` to run on other devices);
-  `source` names where `workdir` came from in errors.
+  `source` names where `workdir` came from in errors. The loaded config describes the
+  model the parameters are: a LoRA run's has lora.rank 0 (its adapters are merged).
   """
   config = read_run_config(workdir, source=source)
   config.init_from = ""
+  config.lora.rank = 0
   for key, value in overrides.items():
     config[key] = value
   if devices is None and config.mesh.data * config.mesh.fsdp * config.mesh.tensor > jax.device_count():

@@ -92,6 +92,18 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"{workdir} holds a run with a different model ({changed}); "
         "use a new --workdir, or config.init_from to start from its parameters.")
+  lora_changed = {k: (previous.lora.get(k), v) for k, v in config.lora.items()
+                  if _normal(previous.lora.get(k)) != _normal(v)}
+  if lora_changed and (previous.lora.rank or config.lora.rank):  # Unused settings may change.
+    raise ValueError(
+        f"{workdir} holds a run with other LoRA settings ("
+        + ", ".join(f"lora.{k}: {a} -> {b}" for k, (a, b) in lora_changed.items())
+        + "); use a new --workdir (with config.init_from set to the run to adapt).")
+
+
+def _normal(value):
+  """JSON turns tuples into lists: compare them alike."""
+  return list(value) if isinstance(value, (tuple, list)) else value
 
 
 def check_init_from(config: ml_collections.ConfigDict) -> None:

@@ -23,7 +23,8 @@ _DROPOUT_STREAM = 1  # fold_in(step key, this) seeds the step's dropout masks.
 
 
 def make_train_step(setup: train_state.Setup):
-  """One optimizer step (see `train_state.apply_gradients` for the non-finite guard).
+  """One optimizer step (see `train_state.apply_gradients` for the non-finite guard) of the
+  trainable parameters: all of them, or under LoRA the adapters only.
 
   With `config.model.dropout` > 0 the network runs with dropout on, its 'dropout' rng folded
   from the step key; with dropout 0 the step is the deterministic network's.
@@ -38,7 +39,8 @@ def make_train_step(setup: train_state.Setup):
       apply_fn = functools.partial(setup.apply_fn, deterministic=False, rngs={
           "dropout": jax.random.fold_in(key, _DROPOUT_STREAM)})
     (loss, aux), grads = jax.value_and_grad(
-        lambda p: loss_fn(p, apply_fn, batch, key), has_aux=True)(state.params)
+        lambda p: loss_fn(setup.model_params(state, p), apply_fn, batch, key),
+        has_aux=True)(state.params)
     new_state, grad_norm = train_state.apply_gradients(setup.tx, state, loss, grads)
     step_metrics = {**aux, "loss": loss, "grad_norm": grad_norm, "lr": setup.lr_schedule(state.step)}
     return new_state, step_metrics
@@ -47,8 +49,10 @@ def make_train_step(setup: train_state.Setup):
 
 
 def make_eval_step(setup: train_state.Setup):
+  """Jitted (state, batch, key) -> (nll_nats_sum, num_scored_tokens) of the state's model."""
   eval_fn = objectives.make_eval_fn(setup.config, mask_id=setup.model_config.mask_id)
-  return jax.jit(lambda params, batch, key: eval_fn(params, setup.apply_fn, batch, key))
+  return jax.jit(lambda state, batch, key: eval_fn(setup.model_params(state), setup.apply_fn,
+                                                   batch, key))
 
 
 def compile_train_step(setup: train_state.Setup, local_batch: dict):
@@ -101,13 +105,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     run_dir.log(f"Resumed from {ckpt.directory} at step {start_step}.")
   else:
     start_step = 0
-    state = train_state.make_init_fn(setup)(jax.random.key(c.seed))
-    if c.init_from:
-      run_dir.check_init_from(c)
-      params = checkpoint.restore_params(c.init_from, setup.abstract_state.params)
-      state = state.replace(params=params, opt_state=jax.jit(
-          setup.tx.init, out_shardings=setup.state_sharding.opt_state)(params))
-      run_dir.log(f"Initialised parameters from {c.init_from}.")
+    state = train_state.initial_state(setup, jax.random.key(c.seed))
 
   # Compile ahead of the loop, on the shapes of a real batch.
   first_batch = next(data_iter)
@@ -123,6 +121,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       f"Model: {param_counts['total']:,} parameters ({param_counts['non_embedding']:,} "
       f"non-embedding); {flops_per_step:.3e} FLOPs per step (exact, {tokens_per_step} tokens); "
       f"measured matmul peak {peak_flops:.3e} FLOP/s over {jax.device_count()} devices.")
+  if setup.lora is not None:
+    trainable = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
+    run_dir.log(f"LoRA rank {setup.lora.rank} on {', '.join(setup.lora.targets)}: {trainable:,} "
+                f"trainable parameters ({100 * trainable / param_counts['total']:.2f}% of the "
+                f"model); the base is frozen in {setup.lora.base_dtype}.")
   if memory is not None:
     run_dir.log(
         f"Compiled step memory per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} "
@@ -139,7 +142,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   eval_batches = None
   eval_key = jax.random.fold_in(jax.random.key(c.seed), 2**31 - 1)
 
-  def evaluate(params) -> float:
+  def evaluate(state) -> float:
     nonlocal eval_batches
     if eval_batches is None:
       eval_batches = [sharding.global_batch({k: v for k, v in b.items() if k != "epoch"}, setup.mesh)
@@ -147,7 +150,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                           c.data, setup.tokenizer, objective=c.objective,
                           global_batch_size=c.global_batch_size, num_batches=c.num_eval_batches,
                           process_index=jax.process_index(), process_count=jax.process_count())]
-    totals = [eval_step(params, b, jax.random.fold_in(eval_key, i)) for i, b in enumerate(eval_batches)]
+    totals = [eval_step(state, b, jax.random.fold_in(eval_key, i)) for i, b in enumerate(eval_batches)]
     nll, count = (float(sum(t[i] for t in totals)) for i in (0, 1))
     return nll / (count * math.log(2))
 
@@ -184,7 +187,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         pending, tick, tick_step = [], time.perf_counter(), step
 
       if books.due(step, c.eval_every_steps):
-        last_eval = evaluate(state.params)
+        last_eval = evaluate(state)
         books.writer.write(step, {"eval/bits_per_token": last_eval})
         if jax.process_index() == 0:
           books.progress.write(f"step {step}: eval bits/token {last_eval:.4f}")

@@ -9,6 +9,7 @@ import ml_collections
 
 from diffusionlm import config_defaults
 from diffusionlm.diffusion import schedules
+from diffusionlm.models import lora
 from diffusionlm.train import optimizer, sharding
 
 
@@ -45,6 +46,7 @@ def validate_run_config(config: ml_collections.ConfigDict, *, num_devices: int) 
 
   if c.init_from:
     require(os.path.isdir(c.init_from), f"config.init_from={c.init_from!r} is not a directory.")
+  lora.validate(c.lora)
 
 
 def validate_train_config(config: ml_collections.ConfigDict, *, num_devices: int,
@@ -59,6 +61,9 @@ def validate_train_config(config: ml_collections.ConfigDict, *, num_devices: int
   for field in ("global_batch_size", "num_eval_batches"):
     require(int(c[field]) > 0, f"config.{field}={c[field]} must be positive.")
   require(c.eval_every_steps >= 0, f"config.eval_every_steps={c.eval_every_steps} must be >= 0.")
+  require(not c.lora.rank or c.init_from,
+          f"config.lora.rank={c.lora.rank} adapts a trained model: set config.init_from to "
+          "the run (or imported checkpoint) whose parameters are the frozen base.")
 
   mesh_shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(c.mesh, num_devices)))
   data_parallel = mesh_shape["data"] * mesh_shape["fsdp"]
