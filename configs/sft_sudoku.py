@@ -14,20 +14,8 @@ docs/rl.md).
 """
 from configs import quickstart
 
-VARIANTS = (None, "pretrained")
+VARIANTS = quickstart.SFT_VARIANTS
 
 
 def get_config(arg: str | None = None):
-  if arg not in VARIANTS:
-    raise ValueError(f"configs/sft_sudoku.py:{arg}: expected no argument or one of "
-                     f"{VARIANTS[1:]}.")
-  c = quickstart.get_config()
-  c.objective = "sft"
-  c.num_train_steps = 600
-  c.log_every_steps = 25
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 200
-  c.optimizer.lr = 3e-4 if arg == "pretrained" else 1e-3
-  c.optimizer.warmup_steps = 50
-  c.optimizer.decay = "cosine"
-  return c
+  return quickstart.sft_config("sudoku", arg)

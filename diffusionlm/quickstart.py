@@ -1,7 +1,7 @@
 """The README's main job: d1 (Zhao et al. 2025) in miniature, on 2 CPU cores.
 
-  python -m diffusionlm.quickstart [--workdir=runs/d1_quickstart] [--seed=0]
-      [--num_test=1000] [--eval_steps=20 --eval_steps=1] [--d1_row]
+  python -m diffusionlm.quickstart [--task=sudoku|countdown] [--workdir=runs/d1_quickstart]
+      [--seed=0] [--num_test=1000] [--eval_steps=20 --eval_steps=1] [--d1_row]
       [--pretrain_config.FIELD=VALUE ...] [--sft_config.FIELD=VALUE ...]
       [--rl_config.FIELD=VALUE ...] [--d1_config.FIELD=VALUE ...]
 
@@ -22,9 +22,16 @@ command is rerun (a finished stage returns at once):
      of every stage.
 --seed sets every stage's `seed` (initialisation, data order, rollouts); the puzzles stay
 those of `data.task_seed`.
+
+--task=countdown runs the same stages on Countdown with 3 numbers (configs/quickstart.py:
+countdown, sft_countdown.py:pretrained, rl_countdown.py and rl_countdown.py:d1: 20-step
+rollouts over an 80-token answer, 4 tokens per pass where Sudoku's unmask 2). An explicit
+--pretrain_config / --sft_config / --rl_config / --d1_config replaces the task's file;
+--X_config.FIELD=VALUE overrides apply to whichever file is used.
 """
 from collections.abc import Sequence
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -51,12 +58,22 @@ def _config_flag(name: str, file: str, help_text: str):
                                          lock_config=True)
 
 
-_PRETRAIN_CONFIG = _config_flag("pretrain_config", "quickstart.py",
-                                "Masked-diffusion pretraining config.")
-_SFT_CONFIG = _config_flag("sft_config", "sft_sudoku.py:pretrained", "SFT stage config.")
-_RL_CONFIG = _config_flag("rl_config", "rl_sudoku.py", "diffu-GRPO stage config.")
-_D1_CONFIG = _config_flag("d1_config", "rl_sudoku.py:d1",
-                          "diffu-GRPO as d1 publishes it (the --d1_row stage).")
+# Each task's config file of each stage, relative to configs/.
+TASK_CONFIGS = {
+    "sudoku": {"pretrain_config": "quickstart.py", "sft_config": "sft_sudoku.py:pretrained",
+               "rl_config": "rl_sudoku.py", "d1_config": "rl_sudoku.py:d1"},
+    "countdown": {"pretrain_config": "quickstart.py:countdown",
+                  "sft_config": "sft_countdown.py:pretrained", "rl_config": "rl_countdown.py",
+                  "d1_config": "rl_countdown.py:d1"},
+}
+
+_TASK = flags.DEFINE_string("task", "sudoku", f"One of {sorted(TASK_CONFIGS)}: picks every "
+                            "stage's default config.")
+_STAGE_HELP = {"pretrain_config": "Masked-diffusion pretraining config",
+               "sft_config": "SFT stage config", "rl_config": "diffu-GRPO stage config",
+               "d1_config": "diffu-GRPO as d1 publishes it (the --d1_row stage)"}
+for _name, _file in TASK_CONFIGS["sudoku"].items():  # Read by `task_configs`.
+  _config_flag(_name, _file, f"{_STAGE_HELP[_name]}; default: the --task's file.")
 _D1_ROW = flags.DEFINE_bool("d1_row", False, "Also train and evaluate the d1 row.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/d1_quickstart", "Folder of the stages.")
 _SEED = flags.DEFINE_integer("seed", 0, "Training seed of every stage.")
@@ -288,17 +305,47 @@ def run_pipeline(pretrain_config, sft_config, rl_config, workdir: str, *, seed: 
   return summary
 
 
+def _load_config_file(file: str, module_name: str) -> ml_collections.ConfigDict:
+  """get_config(ARG) of configs/FILE.py[:ARG], as config_flags reads a config file."""
+  path, _, arg = file.partition(":")
+  spec = importlib.util.spec_from_file_location(module_name, os.path.join(_CONFIGS_DIR, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def task_configs(task: str, flag_values=flags.FLAGS) -> dict[str, ml_collections.ConfigDict]:
+  """{stage flag name: config}: for each of TASK_CONFIGS' flags (pretrain_config, ...), the
+  file given on the command line, else `task`'s file; either way with the flag's
+  --NAME.FIELD overrides. An unknown task is a UsageError listing the tasks."""
+  if task not in TASK_CONFIGS:
+    raise app.UsageError(f"--task={task!r}: expected one of {sorted(TASK_CONFIGS)}.")
+  configs = {}
+  for name, file in TASK_CONFIGS[task].items():
+    flag = flag_values[name]
+    if flag.present or file == TASK_CONFIGS["sudoku"][name]:  # The flags' default files.
+      configs[name] = flag.value  # Already parsed, with its overrides.
+      continue
+    config = _load_config_file(file, f"{name}_{task}")
+    config.update_from_flattened_dict(config_flags.get_override_values(flag))
+    config.lock()
+    configs[name] = config
+  return configs
+
+
 def main(argv):
   cli.start(argv)
+  configs = task_configs(_TASK.value)
   if _NUM_TEST.value < 0:
     raise app.UsageError(f"--num_test={_NUM_TEST.value} must be >= 0.")
   eval_steps = _EVAL_STEPS.value or []
   if not eval_steps or any(steps < 1 for steps in eval_steps):
     raise app.UsageError(f"--eval_steps={eval_steps} must be given and all be >= 1.")
   try:
-    run_pipeline(_PRETRAIN_CONFIG.value, _SFT_CONFIG.value, _RL_CONFIG.value, _WORKDIR.value,
-                 seed=_SEED.value, num_test=_NUM_TEST.value, eval_steps=eval_steps,
-                 d1_config=_D1_CONFIG.value if _D1_ROW.value else None)
+    run_pipeline(configs["pretrain_config"], configs["sft_config"], configs["rl_config"],
+                 _WORKDIR.value, seed=_SEED.value, num_test=_NUM_TEST.value,
+                 eval_steps=eval_steps,
+                 d1_config=configs["d1_config"] if _D1_ROW.value else None)
   except StageInterrupted as e:
     raise SystemExit(str(e)) from e
 

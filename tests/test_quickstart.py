@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 import pytest
 
 from configs import quickstart as quickstart_config
-from configs import rl_sudoku, sft_sudoku
+from configs import rl_countdown, rl_sudoku, sft_countdown, sft_sudoku
 from diffusionlm import quickstart
 
 NUM_TEST = 8
@@ -160,3 +163,67 @@ def test_cli_rejects_bad_flags_before_anything_runs(tmp_path):
   assert out.returncode != 0
   assert "--eval_steps=[0] must be given and all be >= 1" in out.stderr
   assert not workdir.exists()
+
+
+def _flag_values(argv):
+  """The quickstart's four stage flags (sudoku defaults) parsed from `argv`."""
+  flag_values = flags.FlagValues()
+  for name, file in quickstart.TASK_CONFIGS["sudoku"].items():
+    config_flags.DEFINE_config_file(name, os.path.join(quickstart._CONFIGS_DIR, file),  # pylint: disable=protected-access
+                                    flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values
+
+
+def test_task_flag_picks_each_stages_countdown_config_and_keeps_overrides():
+  argv = ["quickstart", "--rl_config.num_train_steps=7", "--d1_config.rl.num_iterations=3"]
+  picked = {name: config.to_dict() for name, config in
+            quickstart.task_configs("countdown", _flag_values(argv)).items()}
+  rl, d1 = rl_countdown.get_config(), rl_countdown.get_config("d1")
+  rl.num_train_steps, d1.rl.num_iterations = 7, 3
+  assert picked == {"pretrain_config": quickstart_config.get_config("countdown").to_dict(),
+                    "sft_config": sft_countdown.get_config("pretrained").to_dict(),
+                    "rl_config": rl.to_dict(), "d1_config": d1.to_dict()}
+  assert {c["data"]["dataset"] for c in picked.values()} == {"countdown"}
+  # The default task keeps the sudoku files.
+  sudoku_rl = quickstart.task_configs("sudoku", _flag_values(argv))["rl_config"]
+  assert sudoku_rl.rl.task == "sudoku" and sudoku_rl.num_train_steps == 7
+
+
+def test_an_explicit_stage_config_wins_over_the_tasks():
+  argv = ["quickstart", "--sft_config=" + os.path.join(quickstart._CONFIGS_DIR,  # pylint: disable=protected-access
+                                                       "sft_sudoku.py"),
+          "--sft_config.num_train_steps=5"]
+  configs = quickstart.task_configs("countdown", _flag_values(argv))
+  expected = sft_sudoku.get_config()  # From scratch, not countdown's :pretrained.
+  expected.num_train_steps = 5
+  assert configs["sft_config"].to_dict() == expected.to_dict()
+  assert configs["rl_config"].to_dict() == rl_countdown.get_config().to_dict()
+
+
+def test_an_unknown_task_is_an_error_that_lists_the_tasks():
+  with pytest.raises(app.UsageError, match=r"--task='chess': expected one of "
+                     r"\['countdown', 'sudoku'\]"):
+    quickstart.task_configs("chess", _flag_values(["quickstart"]))
+
+
+def test_countdown_configs_fit_the_task_and_pass_the_pipelines_checks(tfds_dir):
+  from diffusionlm import tasks  # pylint: disable=g-import-not-at-top
+  from diffusionlm.tasks import countdown  # pylint: disable=g-import-not-at-top
+  shared = {"data.data_dir": tfds_dir, "data.num_examples": 64}
+  pretrain = quickstart_config.get_config("countdown")
+  sft = sft_countdown.get_config("pretrained")
+  stages = [quickstart.RLStage(name, name, rl_countdown.get_config(arg))
+            for name, arg in (("rl", None), ("rl_d1", "d1"), ("one_step", "one_step"))]
+  for config in (pretrain, sft, *(s.config for s in stages)):
+    config.update_from_flattened_dict(shared)
+  quickstart.check_configs(pretrain, sft, stages)
+  rl = stages[0].config.rl
+  assert (rl.task, rl.estimator, stages[1].config.rl.estimator) == (
+      "countdown", "trajectory", "mean_field")
+  assert 1 < rl.steps < rl.gen_length  # Multi-step decoding.
+  # The longest response + EOS fits the answer, and prompt + response + EOS a training row.
+  task = tasks.for_dataset("countdown")
+  examples = countdown.generate(0, 2000)
+  assert max(len(task.response(ex)) for ex in examples) + 1 <= rl.gen_length
+  assert max(len(task.text(ex)) for ex in examples) + 1 <= sft.data.seq_len
