@@ -100,8 +100,8 @@ def test_dropout_zero_is_the_deterministic_step_and_dropout_is_on_in_training(da
   _, drop_metrics = jax.jit(trainer.make_train_step(dropped))(state, batch)
   assert float(drop_metrics["loss"]) != float(ref_loss)
   key = jax.random.key(0)
-  eval_plain = trainer.make_eval_step(setup)(state.params, batch, key)
-  eval_dropped = trainer.make_eval_step(dropped)(state.params, batch, key)
+  eval_plain = trainer.make_eval_step(setup)(state, batch, key)
+  eval_dropped = trainer.make_eval_step(dropped)(state, batch, key)
   assert [float(x) for x in eval_plain] == [float(x) for x in eval_dropped]
 
 
