@@ -3,6 +3,7 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
       python benchmarks/memory_plan.py                       # the table of docs/launch.md
   ... python benchmarks/memory_plan.py --seq_lens=4096 --remats=full --steps=sft
+  ... python benchmarks/memory_plan.py --lora_ranks=128 --remats=full   # LoRA rows
 
 Each row compiles ahead of time (abstract inputs: `jax.ShapeDtypeStruct`s with their
 NamedShardings, the state from `jax.eval_shape`; `lower().compile().memory_analysis()`) one
@@ -13,10 +14,16 @@ program at configs/llada_8b.py's shape on a mesh of --num_devices devices (fsdp 
           micro-batch of --rl_rows rows: prompt seq_len - --gen_length, completion
           --gen_length; "+ ref" adds the frozen reference parameters the RL state also holds
 
+--lora_ranks 0 is full fine-tuning; r > 0 plans LoRA (config.lora: rank r, d1's alpha 64,
+every kernel adapted, the frozen base in --lora_base_dtype): the state is the base plus the
+adapters and their Adam moments, and the RL reference is the base with the adapters off, so
+"+ ref" adds nothing.
+
 Peak = arguments + outputs - donated + temporaries, per device (diffusionlm/train/memory.py).
 On CPU, attention="dot_product" compiles XLA's implementation, which materialises the scores
 like "einsum": cuDNN's flash attention is a GPU kernel and its memory is not measured here.
 """
+import itertools
 import time
 
 from absl import app
@@ -33,6 +40,10 @@ _SEQ_LENS = flags.DEFINE_list("seq_lens", ["512", "1024", "4096"], "Sequence len
 _REMATS = flags.DEFINE_list("remats", ["full", "dots"], "config.model.remat values.")
 _ATTENTIONS = flags.DEFINE_list("attentions", ["einsum"], "config.model.attention values.")
 _STEPS = flags.DEFINE_list("steps", ["sft", "rl"], "Programs: sft, rl.")
+_LORA_RANKS = flags.DEFINE_list("lora_ranks", ["0"], "config.lora.rank values (0 = full "
+                                "fine-tuning).")
+_LORA_BASE_DTYPE = flags.DEFINE_enum("lora_base_dtype", "bfloat16", ["float32", "bfloat16"],
+                                     "config.lora.base_dtype of the LoRA rows.")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 8, "Devices of the mesh (fsdp = all).")
 _SFT_BATCH = flags.DEFINE_integer("sft_batch", 64, "SFT global batch (configs/llada_8b.py).")
 _RL_ROWS = flags.DEFINE_integer("rl_rows", 48, "Rows of one RL micro-batch (d1: 16 prompts x "
@@ -44,9 +55,10 @@ _D_MODEL = flags.DEFINE_integer("d_model", 4096, "Override the width (quick chec
 GIB = 2**30
 
 
-def run_config(seq_len: int, remat: str, attention: str):
+def run_config(seq_len: int, remat: str, attention: str, lora_rank: int):
   """configs/llada_8b.py with the row's settings; layers scanned (compile time)."""
   c = llada_8b.get_config()
+  c.lora.update(rank=lora_rank, alpha=64.0, base_dtype=_LORA_BASE_DTYPE.value)
   c.model.update(remat=remat, attention=attention, scan_layers=True,
                  num_layers=_NUM_LAYERS.value, d_model=_D_MODEL.value,
                  mlp_dim=3 * _D_MODEL.value, num_heads=_D_MODEL.value // 128)
@@ -92,8 +104,11 @@ def rl_program(setup, state, seq_len: int):
   return update.lower(state, batch, key, jax.ShapeDtypeStruct((), jnp.int32))
 
 
-def params_bytes_per_device(state) -> int:
-  """Bytes of one device's shard of the parameters (the RL reference policy's size)."""
+def reference_bytes_per_device(state) -> int:
+  """Bytes of one device's shard of the RL reference policy the state does not already hold:
+  a copy of the parameters, or nothing with LoRA (the reference is the frozen base)."""
+  if isinstance(state, train_state.LoraTrainState):
+    return 0
   total = 0
   for a in jax.tree.leaves(state.params):
     shard = a.sharding.shard_shape(a.shape)
@@ -107,22 +122,24 @@ def main(argv):
   print(f"{len(devices)} x {devices[0].device_kind} devices; d_model {_D_MODEL.value}, "
         f"{_NUM_LAYERS.value} layers; SFT batch {_SFT_BATCH.value}, RL micro-batch "
         f"{_RL_ROWS.value} rows x (prompt + {_GEN_LENGTH.value})")
-  print("| program | seq | remat | attention | arguments | temporaries | peak/device (GiB) "
-        "| + ref (GiB) | compile s |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| program | seq | remat | attention | LoRA rank | arguments | temporaries "
+        "| peak/device (GiB) | + ref (GiB) | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   started = time.perf_counter()
   for step in _STEPS.value:
     for seq_len in map(int, _SEQ_LENS.value):
       for remat in _REMATS.value:
-        for attention in _ATTENTIONS.value:
-          setup, state = abstract_setup(run_config(seq_len, remat, attention), devices)
+        for attention, lora_rank in itertools.product(_ATTENTIONS.value,
+                                                      map(int, _LORA_RANKS.value)):
+          config = run_config(seq_len, remat, attention, lora_rank)
+          setup, state = abstract_setup(config, devices)
           t0 = time.perf_counter()
           lowered = (sft_program if step == "sft" else rl_program)(setup, state, seq_len)
           mem = memory.StepMemory.of(lowered.compile())
           seconds = time.perf_counter() - t0
-          ref = (f"{(mem.peak + params_bytes_per_device(state)) / GIB:.1f}"
+          ref = (f"{(mem.peak + reference_bytes_per_device(state)) / GIB:.1f}"
                  if step == "rl" else "-")
-          print(f"| {step} | {seq_len} | {remat} | {attention} | "
+          print(f"| {step} | {seq_len} | {remat} | {attention} | {lora_rank or '-'} | "
                 f"{mem.arguments / GIB:.1f} | {mem.temporaries / GIB:.1f} | "
                 f"{mem.peak / GIB:.1f} | {ref} | {seconds:.0f} |", flush=True)
   print(f"total wall time {time.perf_counter() - started:.0f} s")

@@ -21,7 +21,6 @@ lm_eval = pytest.importorskip("lm_eval", reason="needs lm-evaluation-harness: pi
 import numerics  # pylint: disable=g-import-not-at-top,wrong-import-order
 import toy_models  # pylint: disable=g-import-not-at-top,wrong-import-order
 from diffusionlm import generation, harness, likelihood  # pylint: disable=g-import-not-at-top
-from diffusionlm.diffusion import losses  # pylint: disable=g-import-not-at-top
 
 SEQ_LEN, NUM_MC, SEED = 32, 2, 5
 MC_DOCS = [{"question": "Q: 2+2=", "choices": ["4", "5", "22"], "answer": 0},
@@ -70,25 +69,10 @@ def _samples(results, task):
 
 
 def _direct_nll_fn(run):
-  """(context ids, continuation ids) -> -log p by losses.mdm_nll / ar_nll (jitted once) on
-  the documented row: padded to SEQ_LEN, draws keyed by fold_in(key(seed), request_hash)."""
-  def nll(tokens, valid, scored, key):
-    if run.model_config.causal:
-      return losses.ar_nll(run.params, run.apply_fn, tokens, valid_BxL=valid, scored_BxL=scored)
-    return losses.mdm_nll(run.params, run.apply_fn, tokens, key, num_mc=NUM_MC,
-                          mask_id=run.model_config.mask_id, valid_BxL=valid, scored_BxL=scored)
-  nll = jax.jit(nll)
-
-  def one(context_ids, continuation_ids):
-    n = len(context_ids) + len(continuation_ids)
-    tokens = np.zeros((1, SEQ_LEN), np.int32)
-    tokens[0, :n] = context_ids + continuation_ids
-    valid = np.arange(SEQ_LEN)[None] < n
-    scored = valid & (np.arange(SEQ_LEN)[None] >= len(context_ids))
-    key = jax.random.fold_in(jax.random.key(SEED),
-                             likelihood.request_hash(context_ids, continuation_ids))
-    return float(nll(tokens, valid, scored, key)[0])
-  return one
+  """(context ids, continuation ids) -> -log p of the request alone, keyed as the harness
+  keys it (fold_in(key(seed), request_hash))."""
+  nll = toy_models.direct_request_nll(run, seq_len=SEQ_LEN, num_mc=NUM_MC)
+  return lambda context, continuation: nll(context, continuation, jax.random.key(SEED))
 
 
 @pytest.mark.parametrize("objective", ["mdm", "ar"])

@@ -18,7 +18,6 @@ import pytest
 import numerics
 import toy_models
 from diffusionlm import likelihood, perplexity
-from diffusionlm.diffusion import losses
 from diffusionlm.train import load
 
 SEQ_LEN = 24
@@ -42,25 +41,8 @@ def _pairs(tokenizer):
 
 @pytest.fixture(scope="module")
 def direct(run):
-  """One row alone through losses.mdm_nll / ar_nll (jitted once), built here from the
-  documented rules: context cut on the left, padded to SEQ_LEN, keyed by the row's hash."""
-  def nll(tokens, valid, scored, key):
-    if run.model_config.causal:
-      return losses.ar_nll(run.params, run.apply_fn, tokens, valid_BxL=valid, scored_BxL=scored)
-    return losses.mdm_nll(run.params, run.apply_fn, tokens, key, num_mc=NUM_MC,
-                          mask_id=run.model_config.mask_id, valid_BxL=valid, scored_BxL=scored)
-  nll = jax.jit(nll)
-
-  def one(context, continuation, key):
-    context = context[-(SEQ_LEN - len(continuation)):]
-    n = len(context) + len(continuation)
-    tokens = np.zeros((1, SEQ_LEN), np.int32)
-    tokens[0, :n] = context + continuation
-    valid = np.arange(SEQ_LEN)[None] < n
-    scored = valid & (np.arange(SEQ_LEN)[None] >= len(context))
-    row_key = jax.random.fold_in(key, likelihood.request_hash(context, continuation))
-    return float(nll(tokens, valid, scored, row_key)[0])
-  return one
+  """One request alone through losses.mdm_nll / ar_nll, built from the documented rules."""
+  return toy_models.direct_request_nll(run, seq_len=SEQ_LEN, num_mc=NUM_MC)
 
 
 def test_scorer_equals_direct_calls_whatever_the_batching(run, direct):

@@ -69,3 +69,29 @@ def write_random_run(workdir: str, *, objective: str = "mdm", seed: int = 0, sca
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(c.to_dict(), f)
   return workdir
+
+
+def direct_request_nll(run, *, seq_len: int, num_mc: int):
+  """(context ids, continuation ids, key) -> -log p(continuation | context) of one request
+  alone, by losses.mdm_nll / ar_nll (jitted once) on the documented row: the context cut on
+  the left to fit `seq_len`, padded to it, the draws keyed by fold_in(key, request_hash)."""
+  from diffusionlm import likelihood  # pylint: disable=g-import-not-at-top
+  from diffusionlm.diffusion import losses  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def nll(tokens, valid, scored, key):
+    if run.model_config.causal:
+      return losses.ar_nll(run.params, run.apply_fn, tokens, valid_BxL=valid, scored_BxL=scored)
+    return losses.mdm_nll(run.params, run.apply_fn, tokens, key, num_mc=num_mc,
+                          mask_id=run.model_config.mask_id, valid_BxL=valid, scored_BxL=scored)
+
+  def one(context, continuation, key):
+    context = list(context)[max(0, len(context) + len(continuation) - seq_len):]
+    n = len(context) + len(continuation)
+    tokens = np.zeros((1, seq_len), np.int32)
+    tokens[0, :n] = list(context) + list(continuation)
+    valid = np.arange(seq_len)[None] < n
+    scored = valid & (np.arange(seq_len)[None] >= len(context))
+    row_key = jax.random.fold_in(key, likelihood.request_hash(context, continuation))
+    return float(nll(tokens, valid, scored, row_key)[0])
+  return one
