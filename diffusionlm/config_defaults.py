@@ -155,11 +155,14 @@ def rl_defaults() -> ml_collections.ConfigDict:
   # The log pi(o | q) behind the ratio and the KL (diffusionlm/rl/estimators.py):
   # "mean_field" (d1 eq. 4, one pass, completion fully masked), "trajectory" (each token at
   # the sampler's state when it was committed; TraceRL), "elbo" (complementary-pair Monte
-  # Carlo ELBO, sequence-level ratio; VRPO / ESPO).
+  # Carlo ELBO, sequence-level ratio; VRPO / ESPO), "spg" (that ELBO for rows with positive
+  # advantage, SPG's upper bound mixed with it for the others).
   rl.estimator = "mean_field"
   rl.trajectory_group = 1  # trajectory: s neighbouring sampler passes share one forward
   #                          pass (must divide the passes); 1 = exact.
-  rl.elbo_samples = 2  # elbo: masks per completion, an even number (complementary pairs).
+  rl.elbo_samples = 2  # elbo, spg: masks per completion, an even number (complementary pairs).
+  rl.spg_beta = 1.5  # spg: Renyi order of the upper bound, >= 1 (SPG: 1.0-2.0).
+  rl.spg_mix = 0.5  # spg: weight of the upper bound for rows with advantage <= 0 (1 = EUBO).
   # Rollout sampler (diffusionlm/diffusion/sampling.py:generate); d1: 256 / 32 / 128.
   rl.gen_length = 256
   rl.block_length = 32

@@ -4,7 +4,8 @@ trajectory: equals the sampler's own probability of its choices, replayed from t
 every forward pass it made; a distribution over completions for a fixed commit order; one
 pass (or one group of all passes) is mean_field. elbo: unbiased for the enumerated ELBO,
 which bounds the enumerated exact log-likelihood (tightly for context-free predictions);
-complementary pairs. All: sharded == single device, grpo_loss's policy gradient, errors.
+complementary pairs. spg: elbo for positive advantages; its upper bound holds for the
+conditionals of one joint (not for every network) and the estimate converges to it. All: sharded == single device, grpo_loss's policy gradient, errors.
 """
 import functools
 import itertools
@@ -216,7 +217,7 @@ def _elbo_draws(params, apply_fn, copies, num_samples):
                                          (copies, 1))),
            "completion": jnp.asarray(np.tile(E_COMPLETIONS, (copies * len(E_PROMPTS), 1)))}
   logp_BxC, _ = _estimate(params, batch, jax.random.key(5), functools.partial(
-      estimators.elbo, num_samples=num_samples), apply_fn=apply_fn)
+      estimators.elbo, num_samples=num_samples), apply_fn=apply_fn, mask_id=E_V)
   return np.asarray(logp_BxC, np.float64).sum(1).reshape(copies, N)
 
 
@@ -314,6 +315,117 @@ def test_elbo_views_hide_the_mask_and_the_tail_and_ignore_the_tail(params):
   np.testing.assert_array_equal(other_BxC, logp_BxC)
 
 
+# ---- spg ----------------------------------------------------------------------------------
+
+
+def _spg_exact(params, apply_fn, beta):
+  """(log p(o | q), EUBO_beta) for every enumerated pair: EUBO_beta = (1 / beta) sum_k log
+  sum_{S contains k} (|S| - 1)! (n - |S|)! / n! p(o_k | q, o with S masked)^beta, the
+  expectation over t ~ U(0, 1) and M ~ Bernoulli(t)^n of (1 / t) 1[k in M] p^beta."""
+  exact_N, _ = _enumerate(params, apply_fn)
+  pairs = [(q, o) for q in E_PROMPTS for o in E_COMPLETIONS]
+  noisy = np.array([np.concatenate([q, np.where(np.isin(np.arange(E_C), s), E_V, o)])
+                    for q, o in pairs for s in E_SUBSETS], np.int32)
+  logp = np.asarray(jax.nn.log_softmax(jax.jit(apply_fn)(params, jnp.asarray(noisy))),
+                    np.float64).reshape(len(pairs), len(E_SUBSETS), E_P + E_C, E_V)[:, :, E_P:]
+  targets = np.array([o for _, o in pairs])
+  logp_NxSxC = np.take_along_axis(logp, targets[:, None, :, None], axis=-1)[..., 0]
+  eubo_N = np.zeros(len(pairs))
+  for k in range(E_C):
+    inner_N = sum(math.factorial(len(s) - 1) * math.factorial(E_C - len(s)) / math.factorial(E_C)
+                  * np.exp(beta * logp_NxSxC[:, j, k])
+                  for j, s in enumerate(E_SUBSETS) if k in s)
+    eubo_N += np.log(inner_N) / beta
+  return exact_N, eubo_N
+
+
+def joint_apply(joint_QxX, tokens_BxL, **unused):
+  """Conditionals of one joint distribution per prompt (its first token picks the row of
+  joint_QxX over E_COMPLETIONS): logit of v at completion position k = log of the mass of
+  the completions that agree with every unmasked completion token and have v at k."""
+  completion_BxC = tokens_BxL[:, E_P:]
+  agree_BxX = jnp.all((completion_BxC[:, None, :] == E_V)
+                      | (completion_BxC[:, None, :] == E_COMPLETIONS[None]), axis=-1)
+  mass_BxX = agree_BxX * joint_QxX[tokens_BxL[:, 0]]
+  onehot_XxCxV = jax.nn.one_hot(E_COMPLETIONS, E_V)
+  completion_logits = jnp.log(jnp.einsum("bx,xcv->bcv", mass_BxX, onehot_XxCxV))
+  prompt_logits = jnp.zeros(tokens_BxL.shape[:1] + (E_P, E_V))
+  return jnp.concatenate([prompt_logits, completion_logits], axis=1)
+
+
+def _spg_draws(params, apply_fn, copies, *, num_samples, beta, mix, advantage=-1.0):
+  N = len(E_PROMPTS) * len(E_COMPLETIONS)
+  batch = {"prompt": jnp.asarray(np.tile(np.repeat(E_PROMPTS, len(E_COMPLETIONS), 0),
+                                         (copies, 1))),
+           "completion": jnp.asarray(np.tile(E_COMPLETIONS, (copies * len(E_PROMPTS), 1))),
+           "advantages": jnp.full((copies * N,), advantage, jnp.float32)}
+  estimator = functools.partial(estimators.spg, num_samples=num_samples, beta=beta, mix=mix)
+  logp_BxC, _ = _estimate(params, batch, jax.random.key(15), estimator, apply_fn=apply_fn,
+                          mask_id=E_V)
+  return np.asarray(logp_BxC, np.float64).sum(1).reshape(copies, N)
+
+
+def test_spg_upper_bound_holds_for_one_joint_and_the_estimate_converges_to_it():
+  """For a network whose conditionals are one joint distribution's: log p(o | q) <=
+  EUBO_1 <= EUBO_2 (enumerated), strictly somewhere; the estimate (log of a Monte-Carlo
+  mean) is biased low and approaches EUBO_beta as the masks grow from 2 to 32."""
+  joint_QxX = jnp.asarray(np.random.default_rng(16).dirichlet(
+      np.full(len(E_COMPLETIONS), 0.3), size=2), jnp.float32)
+  exact_N, eubo1_N = _spg_exact(joint_QxX, joint_apply, beta=1.0)
+  _, eubo2_N = _spg_exact(joint_QxX, joint_apply, beta=2.0)
+  # The any-order likelihood is the joint (prompt rows 0, 1 are E_PROMPTS' first tokens).
+  np.testing.assert_allclose(np.exp(exact_N), np.asarray(joint_QxX).reshape(-1), rtol=1e-4)
+  assert np.all(exact_N <= eubo1_N + 1e-6) and np.all(eubo1_N <= eubo2_N + 1e-6)
+  assert np.max(eubo1_N - exact_N) > 0.05
+  errors = []
+  for num_samples in (2, 32):
+    draws_KxN = _spg_draws(joint_QxX, joint_apply, 64, num_samples=num_samples, beta=2.0,
+                           mix=1.0)
+    se_N = draws_KxN.std(0, ddof=1) / math.sqrt(len(draws_KxN))
+    assert np.all(draws_KxN.mean(0) <= eubo2_N + 4 * se_N + 1e-6)  # Jensen: biased low.
+    errors.append(np.abs(draws_KxN.mean(0) - eubo2_N).mean())
+  assert errors[1] < 0.25 * errors[0], errors
+
+
+def test_spg_bound_is_tight_for_context_free_predictions_and_not_a_bound_in_general():
+  """Context-free predictions: EUBO_beta = log p(o | q) for every beta. A network whose
+  conditionals are no joint's (the mixing network): EUBO_1 falls below log p(o | q)
+  somewhere, which is why the docs say "upper" only for consistent conditionals."""
+  logits_LxV = jnp.asarray(2.0 * np.random.default_rng(7).normal(size=(E_P + E_C, E_V)),
+                           jnp.float32)
+  for beta in (1.0, 1.5, 3.0):
+    exact_N, eubo_N = _spg_exact(logits_LxV, context_free_apply, beta)
+    np.testing.assert_allclose(eubo_N, exact_N, rtol=1e-6)
+  params = toy_models.mixing_params(E_V, E_P + E_C, seed=6)
+  exact_N, eubo_N = _spg_exact(params, toy_models.mixing_apply_fn, beta=1.0)
+  assert np.min(eubo_N - exact_N) < -0.01
+
+
+def test_spg_is_elbo_for_positive_advantages_and_mixes_the_upper_bound_for_the_others(params):
+  """Same key: rows with A > 0 (and every row with mix 0) get elbo's value; rows with
+  A <= 0 get mix * EUBO + (1 - mix) * ELBO, linear in mix; spread evenly over the scored
+  tokens, 0 after the first EOS."""
+  batch = _grpo_batch(8)
+  batch["advantages"] = jnp.asarray([1.0, -1.0, 0.0, 2.0, -0.5, 0.3, -2.0, 0.0])
+  key, kw = jax.random.key(17), dict(eos_id=2, p_mask_prompt=0.3)
+  elbo_BxC, weight_BxC = _estimate(params, batch, key, functools.partial(
+      estimators.elbo, num_samples=4), **kw)
+  spg = lambda mix: _estimate(params, batch, key, functools.partial(
+      estimators.spg, num_samples=4, beta=1.5, mix=mix), **kw)
+  positive = np.asarray(batch["advantages"]) > 0
+  half_BxC, spg_weight_BxC = spg(0.5)
+  np.testing.assert_array_equal(spg_weight_BxC, weight_BxC)
+  _assert_close(np.asarray(half_BxC)[positive], np.asarray(elbo_BxC)[positive], rel=1e-6)
+  _assert_close(spg(0.0)[0], elbo_BxC, rel=1e-6)
+  upper_BxC = np.asarray(spg(1.0)[0])
+  _assert_close(half_BxC, 0.5 * upper_BxC + 0.5 * np.where(positive[:, None], upper_BxC,
+                                                             elbo_BxC), rel=1e-5)
+  # The bound differs from the ELBO (not for a one-token completion: both are log p there).
+  assert np.sum(np.abs(upper_BxC - elbo_BxC)[~positive].max(1) > 0.1) >= 2
+  weight = np.asarray(weight_BxC)
+  assert np.all(upper_BxC[~weight] == 0) and not weight.all()
+
+
 # ---- All estimators: grpo_loss, sharding, configuration ----------------------------------
 
 ESTIMATORS = {
@@ -321,6 +433,7 @@ ESTIMATORS = {
     "trajectory": functools.partial(estimators.trajectory, num_passes=4, group=1),
     "trajectory_s2": functools.partial(estimators.trajectory, num_passes=4, group=2),
     "elbo": functools.partial(estimators.elbo, num_samples=4),
+    "spg": functools.partial(estimators.spg, num_samples=4, beta=1.5, mix=0.5),
 }
 LOSS_KW = dict(beta=0.04, clip_eps=0.2, p_mask_prompt=0.3, mask_id=MASK, eos_id=2)
 
@@ -391,13 +504,15 @@ def test_grpo_loss_gradient_at_ratio_one_is_the_estimators_policy_gradient(param
 
 @pytest.mark.parametrize("fields, message", [
     ({"estimator": "exact"}, r"config.rl.estimator='exact' is not one of \('mean_field', "
-                             r"'trajectory', 'elbo'\)"),
+                             r"'trajectory', 'elbo', 'spg'\)"),
     ({"trajectory_group": 0}, r"config.rl.trajectory_group=0 .*allowed: \[1, 2, 4, 8\]"),
     ({"trajectory_group": 3}, r"config.rl.trajectory_group=3 .* passes, 8 "),
     ({"trajectory_group": 3, "decoding": "threshold"}, r"trajectory_group=3 .* passes, 16 "),
     ({"elbo_samples": 0}, r"config.rl.elbo_samples=0 must be a positive even int"),
     ({"elbo_samples": 3}, r"config.rl.elbo_samples=3"),
     ({"elbo_samples": 2.0}, r"config.rl.elbo_samples=2.0"),
+    ({"spg_beta": 0.5}, r"config.rl.spg_beta=0.5 must be a number >= 1"),
+    ({"spg_mix": 1.5}, r"config.rl.spg_mix=1.5 must be in \[0, 1\]"),
 ])
 def test_config_errors_name_the_field(fields, message):
   rl = {"decoding": "plain", "steps": 8, "gen_length": 16} | fields
@@ -413,6 +528,13 @@ def test_from_config_builds_the_estimator_and_trajectory_needs_commit_steps(para
   built = estimators.from_config(rl | {"estimator": "elbo", "elbo_samples": 6,
                                        "decoding": "threshold"})
   assert built.func is estimators.elbo and built.keywords == {"num_samples": 6}
+  built = estimators.from_config(rl | {"estimator": "spg", "spg_mix": 1.0})
+  assert built.func is estimators.spg and built.keywords == {"num_samples": 2, "beta": 1.5,
+                                                             "mix": 1.0}
+  with pytest.raises(ValueError, match=r"'spg' needs batch\['advantages'\]"):
+    built(params, toy_models.mixing_apply_fn, {k: v for k, v in _grpo_batch(2).items()
+                                               if k != "advantages"}, jax.random.key(0),
+          p_mask_prompt=0.0, mask_id=MASK, eos_id=2)
   batch = {k: v for k, v in _grpo_batch(2).items() if k != "commit_step"}
   with pytest.raises(ValueError, match=r"'trajectory' needs batch\['commit_step'\]"):
     ESTIMATORS["trajectory"](params, toy_models.mixing_apply_fn, batch, jax.random.key(0),

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,10 +113,23 @@ def test_only_adapters_hold_optimizer_state_and_shard_like_their_kernels(tfds_di
   assert num_adapters == c.num_layers * per_layer
   query = setup.abstract_model_params["block_0"]["attn"]["query"].sharding.spec
   adapted = state.params["block_0"]["attn"]["query"]
-  assert tuple(adapted["a"].sharding.spec) == (query[0], None)
-  assert tuple(adapted["b"].sharding.spec) == (None,) + tuple(query[1:])
-  down = setup.abstract_model_params["block_0"]["mlp"]["down"].sharding.spec
-  assert tuple(state.params["block_0"]["mlp"]["down"]["b"].sharding.spec) == (None, down[1])
+  # A keeps the input's fsdp and B the output's tensor axis; each factor's rank takes the
+  # axis it lost, so no factor is replicated where its kernel is split.
+  assert tuple(adapted["a"].sharding.spec) == (query[0], query[1])
+  assert tuple(adapted["b"].sharding.spec) == (query[0],) + tuple(query[1:])
+  kernels = flax.traverse_util.flatten_dict(setup.abstract_model_params)
+  shard_size = lambda x: np.prod(x.sharding.shard_shape(x.shape))
+  for path, factor in flax.traverse_util.flatten_dict(state.params).items():
+    kernel = kernels[path[:-1]]
+    assert shard_size(factor) * kernel.size == factor.size * shard_size(kernel), path
+
+
+def test_a_rank_the_lost_axes_do_not_divide_stays_replicated(tfds_dir):
+  config = test_trainer.tiny_config(tfds_dir, objective="sft", init_from=tfds_dir, **MESH8,
+                                    **lora_overrides(rank=3, alpha=6.0))
+  state = train_state.build(config).abstract_state
+  adapted = state.params["block_0"]["attn"]["query"]
+  assert adapted["a"].sharding.spec[-1] is None and adapted["b"].sharding.spec[0] is None
 
 
 # ---- LoRA SFT -----------------------------------------------------------------------------

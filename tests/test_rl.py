@@ -503,8 +503,9 @@ def test_resume_gives_the_same_next_step(rs8, init_run, straight_run, tmp_path):
 
 
 @pytest.mark.parametrize("estimator", [{"rl.estimator": "trajectory", "rl.trajectory_group": 2},
-                                       {"rl.estimator": "elbo", "rl.elbo_samples": 4}],
-                         ids=["trajectory", "elbo"])
+                                       {"rl.estimator": "elbo", "rl.elbo_samples": 4},
+                                       {"rl.estimator": "spg", "rl.spg_mix": 0.5}],
+                         ids=["trajectory", "elbo", "spg"])
 def test_every_estimator_runs_sharded_as_on_one_device_and_resumes_bitwise(init_run, tmp_path,
                                                                           estimator):
   """The RL loop with each estimator beyond d1's: 2 steps on a (2, 2, 2) mesh; step 1 ==
@@ -559,6 +560,7 @@ def test_every_estimator_runs_sharded_as_on_one_device_and_resumes_bitwise(init_
     ({"rl.estimator": "trajectory", "rl.trajectory_group": 3},
      r"config.rl.trajectory_group=3 must be an int >= 1 that divides .* 4"),
     ({"rl.estimator": "elbo", "rl.elbo_samples": 3}, r"config.rl.elbo_samples=3"),
+    ({"rl.estimator": "spg", "rl.spg_beta": 0.5}, r"config.rl.spg_beta=0.5"),
 ])
 def test_config_errors_name_the_field(init_run, overrides, message):
   data_dir, init_dir = init_run

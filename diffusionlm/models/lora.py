@@ -138,17 +138,41 @@ def _is_factor_pair(path, x) -> bool:
 
 def adapter_shardings(base_shardings, base_params, lora: Mapping) -> dict:
   """Shardings of `init_adapters`' tree from the base kernels' NamedShardings: A keeps the
-  lead and input dimensions' mesh axes, B the lead and output dimensions'; the rank is
-  replicated."""
+  lead and input dimensions' mesh axes, B the lead and output dimensions'. The rank takes the
+  kernel's mesh axes the factor lost (e.g. fsdp, which splits a query kernel's input, for
+  its B), where they divide it, so no factor is replicated over the data-parallel axes
+  (ZeRO-style, like the kernels)."""
   flat_shardings = flax.traverse_util.flatten_dict(base_shardings)
   flat = {}
   for path, kernel in _targets(base_params, lora["targets"]).items():
     s = flat_shardings[path]
     spec = tuple(s.spec) + (None,) * (kernel.ndim - len(s.spec))
     lead, num_in, _ = _layout(path[-1], kernel.ndim)
-    flat[path] = {"a": NamedSharding(s.mesh, P(*spec[:lead + num_in], None)),
-                  "b": NamedSharding(s.mesh, P(*spec[:lead], None, *spec[lead + num_in:]))}
+    a_spec = spec[:lead + num_in]
+    b_spec = spec[:lead] + spec[lead + num_in:]
+    flat[path] = {
+        "a": NamedSharding(s.mesh, P(*a_spec, _rank_axes(s.mesh, spec, a_spec, lora["rank"]))),
+        "b": NamedSharding(s.mesh, P(*b_spec[:lead],
+                                     _rank_axes(s.mesh, spec, b_spec, lora["rank"]),
+                                     *b_spec[lead:]))}
   return flax.traverse_util.unflatten_dict(flat)
+
+
+def _axis_names(entry) -> tuple:
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+def _rank_axes(mesh, kernel_spec, factor_spec, rank: int):
+  """The mesh axes (size > 1) of the kernel's spec missing from the factor's, as one spec
+  entry for the rank dimension; None when there are none or they do not divide the rank."""
+  kept = {a for e in factor_spec for a in _axis_names(e)}
+  lost = tuple(a for e in kernel_spec for a in _axis_names(e)
+               if a not in kept and mesh.shape[a] > 1)
+  if not lost or rank % math.prod(mesh.shape[a] for a in lost):
+    return None
+  return lost if len(lost) > 1 else lost[0]
 
 
 def abstract_base(abstract_model_params, lora: Mapping):

@@ -6,18 +6,21 @@ Every estimator is a pure, jit-able function
         -> (logp_BxC, weight_BxC)
 
 batch: "prompt" int [B, P], "completion" int [B, C], optionally "prompt_valid" bool [B, P]
-(False on left padding), and for `trajectory` "commit_step" int [B, C]. weight_BxC (bool)
+(False on left padding), for `trajectory` "commit_step" int [B, C] and for `spg`
+"advantages" float [B]. weight_BxC (bool)
 marks the scored tokens, those up to and including the first EOS (logprobs.completion_mask);
 logp_BxC is 0 elsewhere and logp_BxC.sum(1) is the estimate of the sequence log-probability.
 Every estimator masks the prompt as d1 does, with logprobs.mask_prompt(key, ...) (each valid
-prompt token w.p. p_mask_prompt), so for one key all three see the same prompt view q'.
+prompt token w.p. p_mask_prompt), so for one key all of them see the same prompt view q'.
 `grpo.grpo_loss`, `grpo.make_logps_step` and `grpo.make_update_step` take one as
 `estimator=` (default `mean_field`), its own settings bound with functools.partial:
 `from_config(config.rl)` builds it, `validate_config(config.rl)` checks the fields
 
-    config.rl.estimator         "mean_field" | "trajectory" | "elbo"   (DEFAULTS below)
+    config.rl.estimator         "mean_field" | "trajectory" | "elbo" | "spg"  (DEFAULTS below)
     config.rl.trajectory_group  s >= 1, dividing the sampler's number of passes
-    config.rl.elbo_samples      a positive even number of masks per completion
+    config.rl.elbo_samples      a positive even number of masks per completion (elbo, spg)
+    config.rl.spg_beta          spg: the upper bound's Renyi order, >= 1
+    config.rl.spg_mix           spg: the upper bound's weight in [0, 1] for rows with A <= 0
 
 mean_field: d1 eq. 4, one forward pass, completion fully masked (logprobs.completion_logps).
 
@@ -56,11 +59,32 @@ elbo: a Monte-Carlo ELBO of the scored completion given q' (LLaDA eq. 6 / Algori
   so grpo_loss's per-token ratio is the sequence-level exp((ELBO_theta - ELBO_old) / n)
   (ESPO / VRPO), its clip and k3 KL unchanged. The same key gives the same masks, so old,
   reference and current policies are compared under one draw. Cost: 2K forward passes (a
-  rematerialised lax.scan, as above). SPG's upper bound for negative advantages is not
-  implemented.
+  rematerialised lax.scan, as above).
+
+spg: SPG's sandwich (Wang et al. 2025, "Sandwiched Policy Gradient"): the `elbo` estimate
+  for rows with A > 0, whose likelihood the update raises, and for the others, whose
+  likelihood it lowers, a Renyi-type upper bound (SPG's EUBO, beta >= 1) mixed with the
+  ELBO as in SPG's best setting:
+
+      EUBO_beta = (1 / beta) sum_k log E_{t, M}[ (1 / t) 1[k in M] p_theta(o_k | q', o with M
+                                                                            masked)^beta ],
+      estimate  = mix * EUBO_beta + (1 - mix) * ELBO            (A <= 0; mix = 1: EUBO).
+
+  Each inner expectation is estimated by the `elbo_samples` masks of `elbo` (t = |M| / n,
+  whose 1 / t is `elbo`'s weight n / |M|; every scored token lies in some mask of a pair), as
+  the log of the Monte-Carlo mean: unbiased inside the log, so the estimate of EUBO_beta is
+  biased low by Jensen, as SPG's own. SPG masks by blocks; here the masks are `elbo`'s.
+  What the tests check (tests/test_estimators.py, enumerated): the inner means are unbiased;
+  EUBO_beta >= log pi(o | q) when the network's conditionals are those of one joint
+  distribution, with equality for context-free predictions, and EUBO_beta grows with beta.
+  It is not a bound for an arbitrary network: with conditionals that no joint distribution
+  has, EUBO_beta can fall below the exact log pi(o | q) (by up to 1.8 nats at beta = 1 and
+  0.2 at beta = 2 on 3-token, 2-symbol enumerations), so "upper" holds only as the network's
+  conditionals approach consistency.
 """
 from collections.abc import Callable
 import functools
+import math
 import numbers
 
 import jax
@@ -68,9 +92,11 @@ import jax.numpy as jnp
 
 from diffusionlm.rl import logprobs
 
-ESTIMATORS = ("mean_field", "trajectory", "elbo")
-# The config.rl fields read here and their defaults (mean_field: d1, unchanged).
-DEFAULTS = {"estimator": "mean_field", "trajectory_group": 1, "elbo_samples": 2}
+ESTIMATORS = ("mean_field", "trajectory", "elbo", "spg")
+# The config.rl fields read here and their defaults (mean_field: d1, unchanged; spg: the
+# published "mix" setting, beta 1.5 and weight 0.5).
+DEFAULTS = {"estimator": "mean_field", "trajectory_group": 1, "elbo_samples": 2,
+            "spg_beta": 1.5, "spg_mix": 0.5}
 
 
 def mean_field(params, apply_fn, batch, key, *, p_mask_prompt: float, mask_id: int,
@@ -81,13 +107,15 @@ def mean_field(params, apply_fn, batch, key, *, p_mask_prompt: float, mask_id: i
       mask_id=mask_id, eos_id=eos_id, prompt_valid_BxP=batch.get("prompt_valid"))
 
 
-def _sum_over_views(params, apply_fn, batch, key, view_fn, num_views: int, *,
-                    p_mask_prompt: float, mask_id: int):
-  """sum_v coeff_v,BxC * log p(o | q', o with hidden_v,BxC masked), v < num_views.
+def _fold_views(params, apply_fn, batch, key, view_fn, num_views: int, init, fold, *,
+                p_mask_prompt: float, mask_id: int):
+  """fold(... fold(init, aux_0, logp_0) ..., aux_{n-1}, logp_{n-1}) over the views v <
+  num_views, logp_v,BxC = log p(o | q', o with hidden_v,BxC masked).
 
-  view_fn(v) -> (hidden_BxC bool, coeff_BxC float) for a traced int v. One forward pass per
-  view (logprobs.view_logps), in a lax.scan whose forward is rematerialised (jax.checkpoint):
-  the backward pass recomputes each view's activations instead of storing all of them.
+  view_fn(v) -> (hidden_BxC bool, aux) for a traced int v; fold(carry, aux, logp_BxC) ->
+  carry. One forward pass per view (logprobs.view_logps), in a lax.scan whose forward is
+  rematerialised (jax.checkpoint): the backward pass recomputes each view's activations
+  instead of storing all of them.
   """
   prompt_BxP, completion_BxC = batch["prompt"], batch["completion"]
   logprobs.check_rows(prompt_BxP, completion_BxC, p_mask_prompt=p_mask_prompt)
@@ -100,17 +128,24 @@ def _sum_over_views(params, apply_fn, batch, key, view_fn, num_views: int, *,
                                mask_id=mask_id, prompt_valid_BxP=prompt_valid_BxP)
 
   if num_views == 1:
-    hidden_BxC, coeff_BxC = view_fn(jnp.int32(0))
-    return coeff_BxC * view_logp(hidden_BxC)
+    hidden_BxC, aux = view_fn(jnp.int32(0))
+    return fold(init, aux, view_logp(hidden_BxC))
   remat_view_logp = jax.checkpoint(view_logp)
 
-  def add_view(total_BxC, v):
-    hidden_BxC, coeff_BxC = view_fn(v)
-    return total_BxC + coeff_BxC * remat_view_logp(hidden_BxC), None
+  def add_view(carry, v):
+    hidden_BxC, aux = view_fn(v)
+    return fold(carry, aux, remat_view_logp(hidden_BxC)), None
 
-  total_BxC, _ = jax.lax.scan(add_view, jnp.zeros(completion_BxC.shape, jnp.float32),
-                              jnp.arange(num_views, dtype=jnp.int32))
-  return total_BxC
+  carry, _ = jax.lax.scan(add_view, init, jnp.arange(num_views, dtype=jnp.int32))
+  return carry
+
+
+def _sum_over_views(params, apply_fn, batch, key, view_fn, num_views: int, **kw):
+  """sum_v coeff_v,BxC * log p(o | q', o with hidden_v,BxC masked), v < num_views, for
+  view_fn(v) -> (hidden_BxC, coeff_BxC) (`_fold_views`)."""
+  add = lambda total_BxC, coeff_BxC, logp_BxC: total_BxC + coeff_BxC * logp_BxC
+  return _fold_views(params, apply_fn, batch, key, view_fn, num_views,
+                     jnp.zeros(batch["completion"].shape, jnp.float32), add, **kw)
 
 
 def trajectory(params, apply_fn, batch, key, *, p_mask_prompt: float, mask_id: int,
@@ -194,6 +229,48 @@ def elbo(params, apply_fn, batch, key, *, p_mask_prompt: float, mask_id: int, eo
   return jnp.where(weight_BxC, elbo_Bx1 / n_Bx1, 0.0), weight_BxC
 
 
+def spg(params, apply_fn, batch, key, *, p_mask_prompt: float, mask_id: int, eos_id: int,
+        num_samples: int = 2, beta: float = 1.5, mix: float = 0.5):
+  """SPG (Wang et al. 2025): `elbo` for rows with advantage > 0; for the others (whose
+  likelihood the update pushes down) an upper-bound estimate, mixed with the ELBO:
+  mix * EUBO_beta + (1 - mix) * ELBO (module docstring), spread evenly over the scored tokens
+  like `elbo`. batch["advantages"] [B] picks the side. The masks are `elbo`'s (same key), so
+  rows with A > 0 get `elbo`'s value exactly.
+  """
+  if "advantages" not in batch:
+    raise ValueError("estimator 'spg' needs batch['advantages'], float [B]: rows with A > 0 "
+                     "are scored by the ELBO, the others by the upper bound.")
+  _check_spg(beta, mix)
+  weight_BxC = logprobs.completion_mask(batch["completion"], eos_id=eos_id)
+  masked_SxBxC, coeff_SxB = elbo_masks(jax.random.fold_in(key, 1), weight_BxC,
+                                       num_samples=num_samples)
+
+  def view(v):  # As in `elbo`; the fold also needs the mask and its weight n / |M| = 1 / t.
+    masked_BxC = masked_SxBxC[v]
+    return masked_BxC | ~weight_BxC, (masked_BxC, coeff_SxB[v][:, None])
+
+  def fold(carry, aux, logp_BxC):
+    total_BxC, log_sum_BxC = carry
+    masked_BxC, coeff_Bx1 = aux
+    total_BxC += jnp.where(masked_BxC, coeff_Bx1 / num_samples, 0.0) * logp_BxC
+    # log sum_v (1 / t_v) 1[k in M_v] p_v,k^beta, in log space (never masked: _NEVER).
+    term_BxC = jnp.where(masked_BxC, jnp.log(coeff_Bx1) + beta * logp_BxC, _NEVER)
+    return total_BxC, jnp.logaddexp(log_sum_BxC, term_BxC)
+
+  shape = batch["completion"].shape
+  init = (jnp.zeros(shape, jnp.float32), jnp.full(shape, _NEVER, jnp.float32))
+  total_BxC, log_sum_BxC = _fold_views(params, apply_fn, batch, key, view, num_samples, init,
+                                       fold, p_mask_prompt=p_mask_prompt, mask_id=mask_id)
+  elbo_B = total_BxC.sum(1)
+  eubo_B = jnp.where(weight_BxC, log_sum_BxC - math.log(num_samples), 0.0).sum(1) / beta
+  estimate_B = jnp.where(batch["advantages"] > 0, elbo_B, mix * eubo_B + (1.0 - mix) * elbo_B)
+  n_B = jnp.maximum(weight_BxC.sum(1), 1)
+  return jnp.where(weight_BxC, (estimate_B / n_B)[:, None], 0.0), weight_BxC
+
+
+_NEVER = -1e30  # log 0 for a token no mask hid (logaddexp keeps finite gradients with it).
+
+
 # ---- Configuration ------------------------------------------------------------------------
 
 
@@ -210,6 +287,15 @@ def _check_samples(num_samples) -> None:
                      "(2, 4, 6, ...): the masks come in complementary pairs.")
 
 
+def _check_spg(beta, mix) -> None:
+  if not isinstance(beta, numbers.Real) or not beta >= 1:
+    raise ValueError(f"config.rl.spg_beta={beta!r} must be a number >= 1 (the Renyi order of "
+                     "SPG's upper bound).")
+  if not isinstance(mix, numbers.Real) or not 0 <= mix <= 1:
+    raise ValueError(f"config.rl.spg_mix={mix!r} must be in [0, 1] (the upper bound's share "
+                     "for rows with advantage <= 0; 0 is `elbo`).")
+
+
 def _setting(rl_config, name):
   return rl_config.get(name, DEFAULTS[name])
 
@@ -224,12 +310,13 @@ def sampler_passes(rl_config) -> int:
 
 def validate_config(rl_config) -> None:
   """Raises ValueError naming the config.rl field (estimator, trajectory_group,
-  elbo_samples) and its allowed values. Missing fields take DEFAULTS."""
+  elbo_samples, spg_beta, spg_mix) and its allowed values. Missing fields take DEFAULTS."""
   name = _setting(rl_config, "estimator")
   if name not in ESTIMATORS:
     raise ValueError(f"config.rl.estimator={name!r} is not one of {ESTIMATORS}.")
   _check_group(_setting(rl_config, "trajectory_group"), sampler_passes(rl_config))
   _check_samples(_setting(rl_config, "elbo_samples"))
+  _check_spg(_setting(rl_config, "spg_beta"), _setting(rl_config, "spg_mix"))
 
 
 def from_config(rl_config) -> Callable:
@@ -241,4 +328,8 @@ def from_config(rl_config) -> Callable:
                              group=_setting(rl_config, "trajectory_group"))
   if name == "elbo":
     return functools.partial(elbo, num_samples=_setting(rl_config, "elbo_samples"))
+  if name == "spg":
+    return functools.partial(spg, num_samples=_setting(rl_config, "elbo_samples"),
+                             beta=_setting(rl_config, "spg_beta"),
+                             mix=_setting(rl_config, "spg_mix"))
   return mean_field
