@@ -30,7 +30,8 @@ _PROMPT = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens.")
 _GEN = flags.DEFINE_integer("gen_length", 32, "Completion tokens.")
 _STEPS = flags.DEFINE_integer("steps", 16, "Sampler passes (decoding='plain').")
 _GROUPS = flags.DEFINE_list("trajectory_groups", ["1", "4"], "trajectory_group values.")
-_SAMPLES = flags.DEFINE_list("elbo_samples", ["2", "8"], "elbo_samples values.")
+_SAMPLES = flags.DEFINE_list("elbo_samples", ["2", "8"], "elbo_samples values (elbo and spg "
+                             "rows).")
 _D_MODEL = flags.DEFINE_integer("d_model", 64, "Model width.")
 _LAYERS = flags.DEFINE_integer("num_layers", 2, "Transformer blocks.")
 _VOCAB = flags.DEFINE_integer("vocab", 128, "Vocabulary size.")
@@ -89,8 +90,8 @@ def main(argv):
   rows = [("mean_field", {"estimator": "mean_field"})]
   rows += [(f"trajectory s={s}", {"estimator": "trajectory", "trajectory_group": int(s)})
            for s in _GROUPS.value]
-  rows += [(f"elbo {k} masks", {"estimator": "elbo", "elbo_samples": int(k)})
-           for k in _SAMPLES.value]
+  rows += [(f"{name} {k} masks", {"estimator": name, "elbo_samples": int(k)})
+           for name in ("elbo", "spg") for k in _SAMPLES.value]
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {B}, prompt "
         f"{P}, completion {C}, {steps} passes; d_model {_D_MODEL.value}, {_LAYERS.value} "
         f"layers, vocab {_VOCAB.value}, {num_params / 1e6:.0f}M parameters, {_DTYPE.value}")
@@ -100,7 +101,8 @@ def main(argv):
     rl = {"decoding": "plain", "steps": steps, "gen_length": C, **fields}
     estimator = estimators.from_config(rl)
     forwards = {"mean_field": 1, "trajectory": steps // rl.get("trajectory_group", 1),
-                "elbo": rl.get("elbo_samples", 2)}[fields["estimator"]]
+                "elbo": rl.get("elbo_samples", 2),
+                "spg": rl.get("elbo_samples", 2)}[fields["estimator"]]
     kw = dict(p_mask_prompt=0.15, eos_id=-1, estimator=estimator)
     logps = grpo.make_logps_step(setup, setup.apply_fn, num_iterations=1, with_ref=True, **kw)
     logps_args = (state.params, state.params, batch, key)

@@ -78,9 +78,9 @@ spg: SPG's sandwich (Wang et al. 2025, "Sandwiched Policy Gradient"): the `elbo`
   EUBO_beta >= log pi(o | q) when the network's conditionals are those of one joint
   distribution, with equality for context-free predictions, and EUBO_beta grows with beta.
   It is not a bound for an arbitrary network: with conditionals that no joint distribution
-  has, EUBO_beta can fall below the exact log pi(o | q) (by up to 1.8 nats at beta = 1 and
-  0.2 at beta = 2 on 3-token, 2-symbol enumerations), so "upper" holds only as the network's
-  conditionals approach consistency.
+  has, EUBO_beta can fall below the exact log pi(o | q) (by up to 1.7 nats at beta = 1 and
+  0.2 at beta = 2 on 3-token, 2-symbol enumerations: benchmarks/spg_bound.py), so "upper"
+  holds only as far as the network's conditionals are consistent.
 """
 from collections.abc import Callable
 import functools
