@@ -43,7 +43,7 @@ PRESETS = {
     "cpu_long": {"dtype": "float32", "remat": "full", "rows": {
         "small L=4096": (128, 4, 4, 512, 4096, 8, 256)}},
     "depth": {"dtype": "float32", "remat": "full", "rows": {
-        "32 layers": (128, 32, 4, 512, 128, 8, 256)}},
+        f"{n} layers": (128, n, 4, 512, 128, 8, 256) for n in (8, 16, 32)}},
     "gpu": {"dtype": "bfloat16", "remat": "none", "rows": {
         "125M": (768, 12, 12, 2048, 1024, 32, 32000),
         "350M": (1024, 24, 16, 2816, 1024, 16, 32000),

@@ -48,7 +48,8 @@ def d1_config(arg: str | None = None, *, task: str):
   c.rl.num_micro_batches = 2
   c.model.remat = "full"  # Fits 8 x 80 GB, 8 x 141 GB and a v5p-8 (see the docstring).
   # d1's one-step mean-field log-probs (d1 eq. 4). The estimators beyond it: "trajectory"
-  # (with rl.trajectory_group) or "elbo" (with rl.elbo_samples); docs/rl.md "Which estimator".
+  # (with rl.trajectory_group), "elbo" (with rl.elbo_samples) or "spg" (with rl.elbo_samples,
+  # rl.spg_beta, rl.spg_mix); docs/rl.md "Which estimator".
   c.rl.estimator = "mean_field"
   c.rl.eval_every_steps = 100
   c.rl.eval_split = "test"
