@@ -64,7 +64,7 @@ elbo: a Monte-Carlo ELBO of the scored completion given q' (LLaDA eq. 6 / Algori
 spg: SPG's sandwich (Wang et al. 2025, "Sandwiched Policy Gradient"): the `elbo` estimate
   for rows with A > 0, whose likelihood the update raises, and for the others, whose
   likelihood it lowers, a Renyi-type upper bound (SPG's EUBO, beta >= 1) mixed with the
-  ELBO as in SPG's best setting:
+  ELBO as in SPG's "mix" variant:
 
       EUBO_beta = (1 / beta) sum_k log E_{t, M}[ (1 / t) 1[k in M] p_theta(o_k | q', o with M
                                                                             masked)^beta ],
@@ -74,9 +74,10 @@ spg: SPG's sandwich (Wang et al. 2025, "Sandwiched Policy Gradient"): the `elbo`
   whose 1 / t is `elbo`'s weight n / |M|; every scored token lies in some mask of a pair), as
   the log of the Monte-Carlo mean: unbiased inside the log, so the estimate of EUBO_beta is
   biased low by Jensen, as SPG's own. SPG masks by blocks; here the masks are `elbo`'s.
-  What the tests check (tests/test_estimators.py, enumerated): the inner means are unbiased;
-  EUBO_beta >= log pi(o | q) when the network's conditionals are those of one joint
-  distribution, with equality for context-free predictions, and EUBO_beta grows with beta.
+  What the tests check (tests/test_estimators.py, enumerated): the estimate approaches
+  EUBO_beta from below as the masks grow; EUBO_beta >= log pi(o | q) when the network's
+  conditionals are those of one joint distribution, with equality for context-free
+  predictions, and EUBO_beta grows with beta.
   It is not a bound for an arbitrary network: with conditionals that no joint distribution
   has, EUBO_beta can fall below the exact log pi(o | q) (by up to 1.7 nats at beta = 1 and
   0.2 at beta = 2 on 3-token, 2-symbol enumerations: benchmarks/spg_bound.py), so "upper"
@@ -94,7 +95,7 @@ from diffusionlm.rl import logprobs
 
 ESTIMATORS = ("mean_field", "trajectory", "elbo", "spg")
 # The config.rl fields read here and their defaults (mean_field: d1, unchanged; spg: the
-# published "mix" setting, beta 1.5 and weight 0.5).
+# "mix" setting of SPG's scripts, beta 1.5 and weight 0.5).
 DEFAULTS = {"estimator": "mean_field", "trajectory_group": 1, "elbo_samples": 2,
             "spg_beta": 1.5, "spg_mix": 0.5}
 
