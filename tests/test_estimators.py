@@ -5,7 +5,8 @@ every forward pass it made; a distribution over completions for a fixed commit o
 pass (or one group of all passes) is mean_field. elbo: unbiased for the enumerated ELBO,
 which bounds the enumerated exact log-likelihood (tightly for context-free predictions);
 complementary pairs. spg: elbo for positive advantages; its upper bound holds for the
-conditionals of one joint (not for every network) and the estimate converges to it. All: sharded == single device, grpo_loss's policy gradient, errors.
+conditionals of one joint (not for every network) and the estimate converges to it.
+All: sharded == single device, grpo_loss's policy gradient, errors.
 """
 import functools
 import itertools
