@@ -56,7 +56,8 @@ elbo: a Monte-Carlo ELBO of the scored completion given q' (LLaDA eq. 6 / Algori
   thus has LLaDA's distribution (size uniform on 1..n, positions uniform given the size), so
   the mean of the 2K weighted sums is unbiased for the ELBO, and for m < n every scored token
   is masked in exactly one mask of the pair (antithetic sizes m and n - m). The estimate is
-  spread evenly over the scored tokens, logp_BxC = ELBO_b / n_b, so grpo_loss's per-token ratio is the sequence-level exp((ELBO_theta - ELBO_old) / n)
+  spread evenly over the scored tokens, logp_BxC = ELBO_b / n_b, so grpo_loss's per-token
+  ratio is the sequence-level exp((ELBO_theta - ELBO_old) / n)
   (ESPO / VRPO), its clip and k3 KL unchanged. The same key gives the same masks, so old,
   reference and current policies are compared under one draw. Cost: 2K forward passes (a
   rematerialised lax.scan, as above).
