@@ -11,8 +11,6 @@ reproduces the exported LLaDA checkpoint's logits; `LlamaForCausalLM.from_pretra
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 
 pytest.importorskip("safetensors.numpy")
 
+import cli_runs  # pylint: disable=g-import-not-at-top,wrong-import-order
 import toy_models  # pylint: disable=g-import-not-at-top,wrong-import-order
 from diffusionlm.data import tokenizers
 from diffusionlm.train import convert, export, load
@@ -88,10 +87,7 @@ def test_exported_tokenizer_is_the_runs(exported):
 
 
 def _export_cli(*args):
-  result = subprocess.run([sys.executable, "-m", "diffusionlm.export", *args],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  return result.returncode, result.stderr + result.stdout
+  return cli_runs.run_module("diffusionlm.export", *args)
 
 
 def test_bad_input_is_named(tmp_path):

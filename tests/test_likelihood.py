@@ -8,13 +8,12 @@ numbers in bits per token with a standard error, and names bad input.
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+import cli_runs
 import numerics
 import toy_models
 from diffusionlm import likelihood, perplexity
@@ -122,10 +121,7 @@ def test_bits_per_token_is_the_windows_nll(run, direct):
 
 
 def _perplexity_cli(*args):
-  result = subprocess.run([sys.executable, "-m", "diffusionlm.perplexity", *args],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  return result.returncode, result.stderr + result.stdout
+  return cli_runs.run_module("diffusionlm.perplexity", *args)
 
 
 def test_cli_reports_and_names_bad_input(tmp_path):
